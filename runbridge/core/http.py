@@ -1,0 +1,114 @@
+"""Sans-IO messages: what a provider yields (``Request``, ``Sleep``) and is sent (``Response``).
+
+An *exchange* is a generator in the shape of httpx's ``Auth.auth_flow``: it yields a
+``Request``, is sent back the ``Response``, may yield again, and returns its result::
+
+    def status(self, ref: RunRef) -> Exchange[RunStatus]:
+        response = yield Request("GET", f"/runs/{ref.id}")
+        return self.parse_status(ref, self.decipher(response))
+
+A driver (``RunClient._drive`` / ``AsyncRunClient._drive``) is the only code that performs I/O
+for it. When a request cannot be completed the driver *throws* the
+:class:`~runbridge.core.errors.TransportError` into the generator at the ``yield``, so the
+exchange decides what a failure means (a launch looks its run up; a wait backs off). Core
+flows may also yield :class:`Sleep`; providers never do, and never read a clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Generator, Mapping
+from typing import Any, TypeVar, Union
+
+from .errors import ConfigError, ProtocolError
+
+__all__ = ["Exchange", "Request", "Response", "Sleep", "Step"]
+
+T = TypeVar("T")
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Request:
+    """One HTTP request, relative to the client's base URL."""
+
+    method: str
+    path: str
+    params: Mapping[str, str | int | float | bool] | None = None
+    json: Any = None
+    headers: Mapping[str, str] | None = None
+    content: bytes | None = None
+    timeout: float | None = None
+    """Read timeout for this request; None uses the client's."""
+    retry: bool | None = None
+    """May the driver resend it after a retryable failure? None: only idempotent methods."""
+    long_poll: bool = False
+    """A blocking call (join, watch): the server holds it open until the run ends or a limit."""
+
+    def __post_init__(self) -> None:
+        method = self.method.upper()
+        if method not in _METHODS:
+            raise ConfigError(f"unsupported HTTP method {self.method!r}")
+        object.__setattr__(self, "method", method)
+        if not self.path.startswith("/"):
+            raise ConfigError(f"request path must start with '/', got {self.path!r}")
+        if self.json is not None and self.content is not None:
+            raise ConfigError("a request has either json or content, not both")
+
+    @property
+    def retryable(self) -> bool:
+        return self.method in _IDEMPOTENT if self.retry is None else self.retry
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.path}>"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Response:
+    """What the driver sends back into the exchange. Header names are lower case."""
+
+    status_code: int
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    content: bytes = b""
+    request: Request | None = None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The decoded JSON body; a body that is not JSON raises ProtocolError."""
+        try:
+            return json.loads(self.content)
+        except (ValueError, UnicodeDecodeError) as exc:
+            where = f" to {self.request.method} {self.request.path}" if self.request else ""
+            excerpt = self.text[:200]
+            raise ProtocolError(
+                f"response{where} (HTTP {self.status_code}) is not valid JSON: {exc}; "
+                f"body starts {excerpt!r}"
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status_code}>"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sleep:
+    """Ask the driver to pause (used by core flows for backoff and poll intervals)."""
+
+    seconds: float
+    reason: str = ""
+
+
+Step = Union[Request, Sleep]  # noqa: UP007 (a runtime alias on Python 3.10)
+Exchange = Generator[Request, Response, T]
+"""A provider operation: yields requests, is sent responses, returns ``T``."""
+Flow = Generator[Step, Any, T]
+"""A core operation: yields requests and sleeps."""

@@ -1,0 +1,1 @@
+"""Platform providers: one sans-IO module per platform (see ``base.Provider``)."""

@@ -1,0 +1,267 @@
+"""``rest``: a provider configured declaratively for any JSON-over-HTTP run API.
+
+::
+
+    RunClient(
+        "rest", "https://jobs.example.com", token=...,
+        launch={"method": "POST", "path": "/api/v1/jobs/{job}/runs", "id": "run.id",
+                "scope": ["job"], "idempotency_header": "Idempotency-Key"},
+        status={"path": "/api/v1/runs/{run_id}", "state": "run.status", "url": "run.url",
+                "message": "run.error.message", "outputs": "run.result"},
+        cancel={"method": "POST", "path": "/api/v1/runs/{run_id}/cancel"},
+        states={"queued": "PENDING", "running": "RUNNING", "succeeded": "SUCCEEDED",
+                "failed": "FAILED", "cancelled": "CANCELLED"},
+        auth={"header": "Authorization", "scheme": "Bearer"},
+    )
+
+Paths are templates: ``{run_id}`` is the run's id, other names come from the launch params
+(launch) or the run reference's scope (status, cancel). The launch body is ``params["body"]``
+when given, else the params that the path did not use. Locations in JSON answers are dotted
+paths (``run.error.message``, ``items.0.id``). Bad configuration is rejected at construction
+with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..errors import ConfigError, ProtocolError
+from ..http import Exchange, Request
+from ..models import LaunchSpec, RunRef, RunStatus, parse_time
+from ..states import RunState
+from .base import Provider
+
+__all__ = ["RestProvider", "dig"]
+
+_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
+_STATUS_FIELDS = {
+    "method",
+    "path",
+    "state",
+    "url",
+    "message",
+    "outputs",
+    "created_at",
+    "updated_at",
+    "ended_at",
+}
+_LAUNCH_FIELDS = {"method", "path", "id", "scope", "idempotency_header", "body"}
+_CANCEL_FIELDS = {"method", "path"}
+_AUTH_FIELDS = {"header", "scheme"}
+
+
+def dig(data: Any, path: str) -> Any:
+    """The value at a dotted ``path`` in decoded JSON, or None where it is absent."""
+    if path in ("", "$", "."):
+        return data
+    for part in path.split("."):
+        if isinstance(data, Mapping):
+            data = data.get(part)
+        elif isinstance(data, list) and part.lstrip("-").isdigit():
+            index = int(part)
+            data = data[index] if -len(data) <= index < len(data) else None
+        else:
+            return None
+        if data is None:
+            return None
+    return data
+
+
+def _template_names(template: str, field: str) -> list[str]:
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ConfigError(f"rest provider: {field} is not a valid path template: {exc}") from None
+    for name in names:
+        if not name.isidentifier():
+            raise ConfigError(f"rest provider: {field} uses {{{name}}}; names must be identifiers")
+    return names
+
+
+def _endpoint(value: Any, field: str, allowed: set[str], default_method: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"rest provider: {field} must be a mapping, got {type(value).__name__}")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"rest provider: {field} has unknown field(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
+    config = dict(value)
+    method = str(config.get("method", default_method)).upper()
+    if method not in _METHODS:
+        raise ConfigError(
+            f"rest provider: {field}.method {config.get('method')!r} is not an HTTP method"
+        )
+    config["method"] = method
+    path = config.get("path")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ConfigError(
+            f"rest provider: {field}.path must be a string starting with '/', got {path!r}"
+        )
+    config["names"] = _template_names(path, f"{field}.path")
+    for key in allowed - {"method", "path", "scope", "body"}:
+        if key in config and not isinstance(config[key], str):
+            raise ConfigError(f"rest provider: {field}.{key} must be a string (a dotted JSON path)")
+    return config
+
+
+class RestProvider(Provider):
+    """A generic provider for JSON run APIs, configured by mappings (see the module docs)."""
+
+    name = "rest"
+    supports_find = False
+
+    def __init__(
+        self,
+        *,
+        status: Mapping[str, Any] | None = None,
+        states: Mapping[str, str] | None = None,
+        launch: Mapping[str, Any] | None = None,
+        cancel: Mapping[str, Any] | None = None,
+        auth: Mapping[str, str] | None = None,
+    ) -> None:
+        if status is None:
+            raise ConfigError(
+                "rest provider: status is required (at least {'path': ..., 'state': ...})"
+            )
+        self.status_cfg = _endpoint(status, "status", _STATUS_FIELDS, "GET")
+        if "state" not in self.status_cfg:
+            raise ConfigError(
+                "rest provider: status.state is required (where the state is in the JSON)"
+            )
+        if "run_id" not in self.status_cfg["names"]:
+            raise ConfigError("rest provider: status.path must contain {run_id}")
+        self.ref_scope = tuple(n for n in self.status_cfg["names"] if n != "run_id")
+        if not isinstance(states, Mapping) or not states:
+            raise ConfigError(
+                "rest provider: states is required, a mapping of raw values to RunState names"
+            )
+        mapped: dict[str, RunState] = {}
+        for raw, target in states.items():
+            try:
+                mapped[str(raw)] = RunState(str(target).upper())
+            except ValueError:
+                choices = ", ".join(s.value for s in RunState)
+                raise ConfigError(
+                    f"rest provider: states[{raw!r}] = {target!r} is not a RunState ({choices})"
+                ) from None
+        if not any(s.is_terminal for s in mapped.values()):
+            raise ConfigError(
+                "rest provider: states maps no value to a terminal state; a wait could never end"
+            )
+        self.states = mapped
+        self.launch_cfg: dict[str, Any] | None = None
+        if launch is not None:
+            self.launch_cfg = _endpoint(launch, "launch", _LAUNCH_FIELDS, "POST")
+            if "id" not in self.launch_cfg:
+                raise ConfigError(
+                    "rest provider: launch.id is required (where the new run's id is in the JSON)"
+                )
+            scope = self.launch_cfg.get("scope", [])
+            if isinstance(scope, str) or not isinstance(scope, Sequence):
+                raise ConfigError("rest provider: launch.scope must be a list of param names")
+            missing = set(self.ref_scope) - set(scope)
+            if missing:
+                raise ConfigError(
+                    f"rest provider: status.path needs {', '.join(sorted(missing))}; "
+                    "list them in launch.scope so launched runs carry them"
+                )
+        self.cancel_cfg = (
+            _endpoint(cancel, "cancel", _CANCEL_FIELDS, "POST") if cancel is not None else None
+        )
+        self.supports_launch = self.launch_cfg is not None
+        self.supports_cancel = self.cancel_cfg is not None
+        self.auth_cfg = {"header": "Authorization", "scheme": "Bearer"}
+        if auth is not None:
+            if not isinstance(auth, Mapping) or set(auth) - _AUTH_FIELDS:
+                raise ConfigError(
+                    f"rest provider: auth takes only {', '.join(sorted(_AUTH_FIELDS))}"
+                )
+            self.auth_cfg.update({k: str(v) for k, v in auth.items()})
+
+    def auth_headers(self, token: str) -> dict[str, str]:
+        scheme = self.auth_cfg.get("scheme", "")
+        return {self.auth_cfg["header"]: f"{scheme} {token}" if scheme else token}
+
+    @staticmethod
+    def _fill(config: Mapping[str, Any], values: Mapping[str, Any], field: str) -> str:
+        missing = [n for n in config["names"] if n not in values]
+        if missing:
+            raise ConfigError(f"rest provider: {field}.path needs {', '.join(missing)}")
+        from urllib.parse import quote
+
+        return str(config["path"]).format(
+            **{n: quote(str(values[n]), safe="") for n in config["names"]}
+        )
+
+    def launch(self, spec: LaunchSpec) -> Exchange[RunRef]:
+        if self.launch_cfg is None:
+            return (yield from super().launch(spec))
+        cfg = self.launch_cfg
+        params = dict(spec.params)
+        path = self._fill(cfg, params, "launch")
+        body = (
+            params["body"]
+            if "body" in params
+            else {k: v for k, v in params.items() if k not in cfg["names"]}
+        )
+        headers = {}
+        retry = None
+        if spec.key and cfg.get("idempotency_header"):
+            headers[cfg["idempotency_header"]] = spec.key
+            retry = True  # the platform de-duplicates on the key
+        response = yield Request(
+            cfg["method"], path, json=body, headers=headers or None, retry=retry
+        )
+        data = self.decipher(response)
+        run_id = dig(data, cfg["id"])
+        if run_id is None or run_id == "":
+            raise ProtocolError(f"rest: the launch answer has no run id at {cfg['id']!r}")
+        scope = {name: str(params[name]) for name in cfg.get("scope", []) if name in params}
+        return RunRef(self.name, str(run_id), scope)
+
+    def status(self, ref: RunRef) -> Exchange[RunStatus]:
+        cfg = self.status_cfg
+        response = yield Request(
+            cfg["method"], self._fill(cfg, {**ref.scope, "run_id": ref.id}, "status")
+        )
+        return self.parse_status(ref, self.decipher(response))
+
+    def parse_status(self, ref: RunRef, data: Any) -> RunStatus:
+        cfg = self.status_cfg
+        raw = dig(data, cfg["state"])
+        if raw is None:
+            raise ProtocolError(f"rest: the status answer has no state at {cfg['state']!r}")
+
+        def get(key: str) -> Any:
+            return dig(data, cfg[key]) if key in cfg else None
+
+        outputs = get("outputs")
+        message = get("message")
+        url = get("url")
+        return RunStatus(
+            ref=ref,
+            state=self.map_state(raw),
+            raw_state=str(raw),
+            url=str(url) if url else None,
+            message=str(message) if message else None,
+            outputs=outputs
+            if isinstance(outputs, Mapping)
+            else ({"value": outputs} if outputs is not None else {}),
+            created_at=parse_time(get("created_at")),
+            updated_at=parse_time(get("updated_at")),
+            ended_at=parse_time(get("ended_at")),
+        )
+
+    def cancel(self, ref: RunRef) -> Exchange[None]:
+        if self.cancel_cfg is None:
+            return (yield from super().cancel(ref))
+        cfg = self.cancel_cfg
+        response = yield Request(
+            cfg["method"], self._fill(cfg, {**ref.scope, "run_id": ref.id}, "cancel"), retry=True
+        )
+        self.decipher(response)
+        return None

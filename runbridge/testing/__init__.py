@@ -1,0 +1,25 @@
+"""Emulators of the platforms' HTTP APIs, for runbridge's tests and yours.
+
+>>> from runbridge.testing import serve, Script
+>>> with serve("langgraph") as emu:  # doctest: +SKIP
+...     emu.script(Script([("pending", 0.1), ("running", 0.5)], final="error", message="boom"))
+...     ...  # point a RunClient at emu.base_url; emu.launches records what it received
+
+Needs the ``testing`` extra (starlette, uvicorn). Imports no orchestrator.
+"""
+
+from __future__ import annotations
+
+from ._emulator import EmulatedRun, Emulator, Fault, RecordedRequest, Script
+from ._server import EMULATORS, create_emulator, serve
+
+__all__ = [
+    "EMULATORS",
+    "EmulatedRun",
+    "Emulator",
+    "Fault",
+    "RecordedRequest",
+    "Script",
+    "create_emulator",
+    "serve",
+]
