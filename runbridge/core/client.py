@@ -137,11 +137,13 @@ class _BaseClient:
         return args
 
     @staticmethod
-    def _response(request: Request, response: httpx.Response) -> Response:
+    def _response(
+        request: Request, response: httpx.Response, content: bytes | None = None
+    ) -> Response:
         return Response(
             response.status_code,
             {k.lower(): v for k, v in response.headers.items()},
-            response.content,
+            response.content if content is None else content,
             request,
         )
 
@@ -216,8 +218,18 @@ class RunClient(_BaseClient):
             self._http.close()
 
     def _send(self, request: Request) -> Response:
-        response = self._http.request(**self._httpx_args(request))
-        return self._response(request, response)
+        args = self._httpx_args(request)
+        if not (request.long_poll and request.timeout is not None):
+            return self._response(request, self._http.request(**args))
+        # A long poll may be kept alive by heartbeats forever: enforce its total time here.
+        end = time.monotonic() + request.timeout
+        with self._http.stream(**args) as response:
+            chunks = []
+            for chunk in response.iter_bytes():
+                chunks.append(chunk)
+                if time.monotonic() > end:
+                    raise httpx.ReadTimeout("long poll ran out of time", request=response.request)
+            return self._response(request, response, b"".join(chunks))
 
     def _drive(self, flow: Flow[T]) -> T:
         try:
@@ -338,7 +350,12 @@ class AsyncRunClient(_BaseClient):
                 raise LongPollUnavailable("too many blocking calls open")
             self._long_polls += 1
             try:
-                response = await self._http.request(**self._httpx_args(request))
+                # heartbeats may keep a long poll alive forever: bound its total time
+                response = await asyncio.wait_for(
+                    self._http.request(**self._httpx_args(request)), request.timeout
+                )
+            except asyncio.TimeoutError:
+                raise httpx.ReadTimeout("long poll ran out of time") from None
             finally:
                 self._long_polls -= 1
         else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random as _random
+import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar
@@ -218,10 +219,12 @@ class FlowContext:
         provider = self.provider
         if not provider.supports_launch:
             raise NotSupported(f"{self.platform} runs cannot be launched over its API")
-        can_find = spec.key is not None and provider.supports_find
+        if spec.key is None and provider.auto_key and provider.can_find(spec):
+            spec = dataclasses.replace(spec, key=uuid.uuid4().hex)
+            reuse = False  # a new key: nothing to re-attach to
+        can_find = spec.key is not None and provider.can_find(spec)
         if can_find and reuse:
-            assert spec.key is not None
-            existing = yield from self.run(provider.find(spec.key))
+            existing = yield from self.run(provider.find(spec))
             if existing is not None:
                 logger.info("%s: re-attached to run %s (key %s)", self.platform, existing, spec.key)
                 self.emit("reattached", ref=existing)
@@ -248,8 +251,7 @@ class FlowContext:
                         ),
                         cause=exc,
                     ) from exc
-                assert spec.key is not None
-                found = yield from self.run(provider.find(spec.key))
+                found = yield from self.run(provider.find(spec))
                 if found is not None:
                     logger.info(
                         "%s: launch outcome was unknown; found run %s", self.platform, found

@@ -39,7 +39,10 @@ class Provider(abc.ABC):
     supports_launch: bool = True
     supports_cancel: bool = True
     supports_find: bool = False
-    """True when ``find(key)`` can re-attach to a launch by its idempotency key."""
+    """True when ``find(spec)`` can re-attach to a launch by its idempotency key."""
+    auto_key: bool = False
+    """True when a launch without a key is still made retry-safe by a random key (the
+    provider uses it for a resource dedicated to this launch, e.g. a new thread)."""
 
     # -- operations -------------------------------------------------------------------------
     def launch(self, spec: LaunchSpec) -> Exchange[RunRef]:
@@ -57,8 +60,12 @@ class Provider(abc.ABC):
         platform has none. The exchange returns a status, terminal or not."""
         return None
 
-    def find(self, key: str) -> Exchange[RunRef | None]:
-        """The run launched with idempotency ``key``, or None if there is none."""
+    def can_find(self, spec: LaunchSpec) -> bool:
+        """Whether ``find`` can tell, for this launch, if it created a run."""
+        return self.supports_find
+
+    def find(self, spec: LaunchSpec) -> Exchange[RunRef | None]:
+        """The run launched with ``spec`` (whose ``key`` is set), or None if there is none."""
         raise NotSupported(f"{self.name} cannot look a run up by idempotency key")
 
     # -- helpers subclasses use ----------------------------------------------------------
