@@ -71,7 +71,9 @@ class _BaseClient:
         self.platform = self.provider.name
         self.base_url = base_url.rstrip("/")
         self._token = token or None
-        self.timeout = _secs(timeout, "timeout") or 30.0
+        self.timeout = _secs(timeout, "timeout") or 0.0
+        if self.timeout <= 0:
+            raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.retry = retry or RetryPolicy()
         self.poll = poll or PollSchedule()
         self.hooks = list(hooks)
@@ -162,23 +164,36 @@ class _BaseClient:
             text = text.replace(self._token, "***")
         return text
 
-    def _scrub(self, exc: RunbridgeError) -> RunbridgeError:
-        """Remove the token from an error on its way out (e.g. echoed in a platform's body)."""
-        exc.message = self._redact(exc.message)
-        exc.args = tuple(self._redact(a) if isinstance(a, str) else a for a in exc.args)
-        body = getattr(exc, "body", None)
-        if isinstance(body, str):
-            exc.body = self._redact(body)  # type: ignore[attr-defined]
+    def _scrub(self, exc: BaseException) -> BaseException:
+        """Remove the token from an error and the errors it wraps, on their way out
+        (a platform may echo a token in an error body)."""
+        seen: set[int] = set()
+        todo: list[BaseException | None] = [exc]
+        while todo:
+            err = todo.pop()
+            if err is None or id(err) in seen:
+                continue
+            seen.add(id(err))
+            if isinstance(err, RunbridgeError):
+                err.message = self._redact(err.message)
+                body = getattr(err, "body", None)
+                if isinstance(body, str):
+                    err.body = self._redact(body)  # type: ignore[attr-defined]
+            err.args = tuple(self._redact(a) if isinstance(a, str) else a for a in err.args)
+            todo += [err.__cause__, err.__context__, getattr(err, "cause", None)]
         return exc
 
-    @staticmethod
     def _check(
-        status: RunStatus, check: bool, success: Iterable[RunState | str] | None
+        self, status: RunStatus, check: bool, success: Iterable[RunState | str] | None
     ) -> RunStatus:
         if check:
-            status.raise_for_state(
-                parse_states(success) if success is not None else DEFAULT_SUCCESS
-            )
+            try:
+                status.raise_for_state(
+                    parse_states(success) if success is not None else DEFAULT_SUCCESS
+                )
+            except RunbridgeError as exc:
+                self._scrub(exc)
+                raise
         return status
 
 

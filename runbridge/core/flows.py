@@ -25,6 +25,7 @@ from .errors import (
     ProtocolError,
     RateLimited,
     RunbridgeError,
+    RunNotFound,
     TransportError,
     WaitTimeout,
 )
@@ -40,6 +41,8 @@ T = TypeVar("T")
 logger = logging.getLogger("runbridge")
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+TRANSIENT = (TransportError, PlatformUnavailable, RateLimited, ProtocolError)
+"""Errors a wait tolerates for ``error_window`` seconds."""
 
 
 class LongPollUnavailable(RunbridgeError):
@@ -142,6 +145,9 @@ class FlowContext:
             try:
                 response: Response = yield request
             except TransportError as exc:
+                # A long poll that ran out is news for the wait loop, not a failure to retry.
+                if request.long_poll and exc.timeout:
+                    raise
                 # A request that never left (connect failed) is safe to resend, even a POST.
                 if not (request.retryable or exc.sent is False):
                     raise
@@ -155,7 +161,7 @@ class FlowContext:
                 # 429 means "not processed": safe to resend whatever the method.
                 request.retryable or response.status_code == 429
             ):
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
+                retry_after = parse_retry_after(response.headers.get("retry-after"), self.wall())
                 delay = self.retry.next_delay(
                     attempt, self.clock() - start, retry_after, rand=self.rand
                 )
@@ -284,12 +290,18 @@ class FlowContext:
         checks = 0
         error_since: float | None = None
         cancelled_at: float | None = None
+        use_join = options.use_join
+        if use_join:  # does the platform have a blocking wait? (an unstarted exchange: no I/O)
+            probe = provider.join(ref, options.join_timeout)
+            use_join = probe is not None
+            if probe is not None:
+                probe.close()
         while True:
             status: RunStatus | None = None
             remaining = None if deadline is None else deadline - self.clock()
             joined = False
             join = None
-            if options.use_join and last is not None and not last.is_terminal:
+            if use_join and last is not None and not last.is_terminal:
                 join_for = (
                     options.join_timeout
                     if remaining is None
@@ -310,7 +322,7 @@ class FlowContext:
                         joined = True  # the blocking call ran out: no news, not an error
                 else:
                     status = yield from self.run(provider.status(ref))
-            except (TransportError, PlatformUnavailable, RateLimited, ProtocolError) as exc:
+            except TRANSIENT as exc:
                 now = self.clock()
                 error_since = now if error_since is None else error_since
                 if now - error_since > options.error_window:
@@ -346,7 +358,11 @@ class FlowContext:
                         ref,
                         options.run_timeout,
                     )
-                    yield from self.cancel(ref)
+                    try:
+                        yield from self.cancel(ref)
+                    except (Conflict, RunNotFound, *TRANSIENT) as exc:
+                        # e.g. the run ended just before the cancel arrived: the next check says
+                        logger.warning("%s: cancelling run %s failed: %s", self.platform, ref, exc)
                     cancelled_at = self.clock()
                     grace_end = cancelled_at + options.cancel_grace
                     deadline = grace_end if deadline is None else max(deadline, grace_end)
@@ -368,6 +384,9 @@ class FlowContext:
                 )
             if joined and status is None:
                 continue  # the long poll itself waited
+            if use_join and checks == 0 and not joined and last is not None:
+                checks = 1  # the first check was a plain status: go straight to the join
+                continue
             delay = options.poll.delay(checks, self.rand)
             checks += 1
             if deadline is not None:

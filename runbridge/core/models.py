@@ -69,7 +69,12 @@ class RunRef:
         missing = [k for k in ("platform", "id") if k not in data]
         if missing:
             raise ConfigError(f"run reference is missing {', '.join(missing)}: {dict(data)!r}")
-        return cls(str(data["platform"]), str(data["id"]), dict(data.get("scope") or {}))
+        platform, run_id, scope = data["platform"], data["id"], data.get("scope") or {}
+        if not isinstance(scope, Mapping):
+            raise ConfigError(f"run reference scope must be a mapping, got {scope!r}")
+        # numbers are ids too (some platforms use integers); None or "" is rejected by __init__
+        run_id = str(run_id) if isinstance(run_id, int) and not isinstance(run_id, bool) else run_id
+        return cls(platform, run_id, dict(scope))
 
     def to_string(self) -> str:
         """``platform:id`` followed by ``?key=value&...`` for the scope, URL-quoted."""
@@ -120,7 +125,10 @@ def parse_time(value: Any) -> datetime | None:
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = value / 1000 if value > 1e11 else value
-        return datetime.fromtimestamp(seconds, tz=timezone.utc)
+        try:
+            return datetime.fromtimestamp(seconds, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):  # NaN, inf, out of range
+            return None
     if isinstance(value, str):
         text = value.strip()
         if text.endswith("Z"):

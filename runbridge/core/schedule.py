@@ -28,6 +28,10 @@ def _seconds(value: float | timedelta, name: str) -> float:
     return float(value)
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
 def _jittered(delay: float, jitter: float, rand: Random) -> float:
     """Spread ``delay`` uniformly over ±jitter (a fraction), so waits started together drift apart."""
     if jitter <= 0:
@@ -51,16 +55,19 @@ class PollSchedule:
     def __post_init__(self) -> None:
         for name in ("first", "cap"):
             object.__setattr__(self, name, _seconds(getattr(self, name), f"poll {name}"))
-        if self.factor < 1:
-            raise ConfigError(f"poll factor must be >= 1, got {self.factor!r}")
-        if not 0 <= self.jitter < 1:
+        if not _number(self.factor) or self.factor < 1:
+            raise ConfigError(f"poll factor must be a number >= 1, got {self.factor!r}")
+        if not _number(self.jitter) or not 0 <= self.jitter < 1:
             raise ConfigError(f"poll jitter must be in [0, 1), got {self.jitter!r}")
         if self.cap < self.first:
             raise ConfigError(f"poll cap ({self.cap}) must be >= poll first ({self.first})")
 
     def delay(self, n: int, rand: Random = _random.random) -> float:
         """Seconds to wait before check ``n + 1``."""
-        base = self.first * self.factor ** min(n, 64)
+        try:
+            base = self.first * self.factor ** min(n, 64)
+        except OverflowError:
+            base = self.cap
         return _jittered(min(self.cap, base), self.jitter, rand)
 
     @classmethod
@@ -87,6 +94,10 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if not isinstance(self.attempts, int) or self.attempts < 1:
             raise ConfigError(f"retry attempts must be an integer >= 1, got {self.attempts!r}")
+        if not _number(self.factor) or self.factor < 1:
+            raise ConfigError(f"retry factor must be a number >= 1, got {self.factor!r}")
+        if not _number(self.jitter) or not 0 <= self.jitter < 1:
+            raise ConfigError(f"retry jitter must be in [0, 1), got {self.jitter!r}")
         for name in ("total", "first", "cap", "max_retry_after"):
             object.__setattr__(self, name, _seconds(getattr(self, name), f"retry {name}"))
 
@@ -106,9 +117,11 @@ class RetryPolicy:
         if retry_after is not None:
             delay = min(max(retry_after, 0.0), self.max_retry_after)
         else:
-            delay = _jittered(
-                min(self.cap, self.first * self.factor ** (attempt - 1)), self.jitter, rand
-            )
+            try:
+                backoff = self.first * self.factor ** min(attempt - 1, 64)
+            except OverflowError:
+                backoff = self.cap
+            delay = _jittered(min(self.cap, backoff), self.jitter, rand)
         if elapsed + delay > self.total:
             return None
         return delay

@@ -47,7 +47,7 @@ _STATUS_FIELDS = {
     "updated_at",
     "ended_at",
 }
-_LAUNCH_FIELDS = {"method", "path", "id", "scope", "idempotency_header", "body"}
+_LAUNCH_FIELDS = {"method", "path", "id", "scope", "idempotency_header"}
 _CANCEL_FIELDS = {"method", "path"}
 _AUTH_FIELDS = {"header", "scheme"}
 
