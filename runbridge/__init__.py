@@ -12,7 +12,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .core import *  # noqa: E402,F403
-from .core import __all__ as _core_all  # noqa: E402
+from .core import *  # noqa: F403
+from .core import __all__ as _core_all
 
 __all__ = ["__version__", *_core_all]

@@ -117,7 +117,9 @@ def test_wait_timeout_leaves_the_run_going(client: Client, langgraph_server: str
 
 def test_unknown_run_and_thread_are_not_found(client: Client) -> None:
     thread_ref: RunRef = client("launch", agent({}))
-    missing_run = RunRef("langgraph", str(uuid.uuid4()), {"thread_id": thread_ref.scope["thread_id"]})
+    missing_run = RunRef(
+        "langgraph", str(uuid.uuid4()), {"thread_id": thread_ref.scope["thread_id"]}
+    )
     with pytest.raises(RunNotFound):
         client("get", missing_run)
     missing_thread = RunRef("langgraph", str(uuid.uuid4()), {"thread_id": str(uuid.uuid4())})
@@ -140,7 +142,9 @@ def test_a_keyed_launch_reattaches_instead_of_launching_twice(
 
 def test_launch_on_a_given_thread_and_stateless(client: Client, langgraph_server: str) -> None:  # noqa: F811
     thread_id = httpx.post(f"{langgraph_server}/threads", json={}).json()["thread_id"]
-    on_thread: RunStatus = client("launch_and_wait", agent({"n": 1}, thread_id=thread_id), timeout=60)
+    on_thread: RunStatus = client(
+        "launch_and_wait", agent({"n": 1}, thread_id=thread_id), timeout=60
+    )
     assert on_thread.ref.scope["thread_id"] == thread_id
     assert on_thread.state is RunState.SUCCEEDED
     stateless: RunStatus = client("launch_and_wait", agent({"n": 2}, stateless=True), timeout=60)
