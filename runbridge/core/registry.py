@@ -17,6 +17,10 @@ ENTRY_POINT_GROUP = "runbridge.providers"
 _BUILTIN: dict[str, str] = {
     "langgraph": "runbridge.core.providers.langgraph:LangGraph",
     "rest": "runbridge.core.providers.rest:RestProvider",
+    "flyte": "runbridge.core.providers.flyte:Flyte",
+    "wandb": "runbridge.core.providers.wandb:WandB",
+    "vi": "runbridge.core.providers.vi:Vi",
+    "lume": "runbridge.core.providers.lume:Lume",
 }
 _registered: dict[str, type[Provider]] = {}
 

@@ -21,6 +21,10 @@ __all__ = ["EMULATORS", "create_emulator", "serve"]
 EMULATORS: dict[str, str] = {
     "langgraph": "runbridge.testing.langgraph:LangGraphEmulator",
     "rest": "runbridge.testing.rest:RestEmulator",
+    "flyte": "runbridge.testing.flyte:FlyteEmulator",
+    "wandb": "runbridge.testing.wandb:WandBEmulator",
+    "vi": "runbridge.testing.vi:ViEmulator",
+    "lume": "runbridge.testing.lume:LumeEmulator",
 }
 
 
