@@ -22,6 +22,7 @@ from .errors import (
 )
 from .flows import Event, WaitOptions
 from .http import Exchange, Request, Response, Sleep
+from .inbox import Inbox
 from .models import LaunchSpec, RunRef, RunStatus
 from .providers.base import Provider
 from .registry import available, create_provider, get_provider_class, register
@@ -38,6 +39,7 @@ __all__ = [
     "Conflict",
     "Event",
     "Exchange",
+    "Inbox",
     "LaunchSpec",
     "LaunchUncertain",
     "NotSupported",

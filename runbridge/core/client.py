@@ -22,6 +22,7 @@ from .. import __version__
 from .errors import ConfigError, RunbridgeError, TransportError
 from .flows import Event, FlowContext, LongPollUnavailable, WaitOptions
 from .http import Flow, Request, Response, Sleep
+from .inbox import Inbox
 from .models import LaunchSpec, RunRef, RunStatus
 from .registry import create_provider
 from .schedule import PollSchedule, RetryPolicy
@@ -61,6 +62,7 @@ class _BaseClient:
         poll: PollSchedule | None = None,
         headers: Mapping[str, str] | None = None,
         hooks: Iterable[Callable[[Event], None]] = (),
+        inbox: Inbox | None = None,
         **options: Any,
     ) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
@@ -77,6 +79,7 @@ class _BaseClient:
         self.retry = retry or RetryPolicy()
         self.poll = poll or PollSchedule()
         self.hooks = list(hooks)
+        self.inbox = inbox
         self._headers: dict[str, str] = {"user-agent": f"runbridge/{__version__}"}
         if self._token:
             self._headers.update(self.provider.auth_headers(self._token))
@@ -251,8 +254,11 @@ class RunClient(_BaseClient):
             step = next(flow)
             while True:
                 if isinstance(step, Sleep):
-                    time.sleep(step.seconds)
-                    step = flow.send(None)
+                    if step.wake is not None and self.inbox is not None:
+                        step = flow.send(self.inbox.sleep(step.wake, step.seconds))
+                    else:
+                        time.sleep(step.seconds)
+                        step = flow.send(None)
                     continue
                 try:
                     response = self._send(step)
@@ -383,8 +389,11 @@ class AsyncRunClient(_BaseClient):
             step = next(flow)
             while True:
                 if isinstance(step, Sleep):
-                    await asyncio.sleep(step.seconds)
-                    step = flow.send(None)
+                    if step.wake is not None and self.inbox is not None:
+                        step = flow.send(await self.inbox.sleep_async(step.wake, step.seconds))
+                    else:
+                        await asyncio.sleep(step.seconds)
+                        step = flow.send(None)
                     continue
                 try:
                     response = await self._send(step)

@@ -394,7 +394,12 @@ class FlowContext:
             if options.run_timeout is not None and cancelled_at is None and last is not None:
                 delay = max(0.0, min(delay, options.run_timeout - self._age(last, start) + 0.01))
             self.emit("sleep", ref=ref, status=last, delay=delay, elapsed=now - start)
-            yield Sleep(delay, "poll")
+            woke = yield Sleep(delay, "poll", wake=ref)
+            if isinstance(woke, RunStatus):
+                # a pushed (webhook) update says the run ended: confirm with a check now
+                logger.info(
+                    "%s: run %s reported %s by a pushed update", self.platform, ref, woke.state
+                )
 
     def _age(self, status: RunStatus, start: float) -> float:
         if status.created_at is not None:

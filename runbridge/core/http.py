@@ -105,6 +105,9 @@ class Sleep:
 
     seconds: float
     reason: str = ""
+    wake: Any = None
+    """A RunRef whose pushed update (see ``runbridge.core.inbox``) may end the sleep early;
+    the driver then sends the delivered status back into the flow."""
 
 
 Step = Union[Request, Sleep]  # noqa: UP007 (a runtime alias on Python 3.10)
