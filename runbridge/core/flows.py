@@ -57,6 +57,7 @@ EventKind = Literal[
     "state_changed",
     "transient_error",
     "sleep",
+    "join",
     "cancel_requested",
     "unknown_state",
 ]
@@ -122,6 +123,8 @@ class FlowContext:
         self.wall = wall
         self.rand = rand
         self.hooks = list(hooks)
+        self.ref: RunRef | None = None
+        """The run the current operation is about (for events), once known."""
 
     @property
     def platform(self) -> str:
@@ -181,7 +184,7 @@ class FlowContext:
             attempt,
             delay,
         )
-        self.emit("retry", delay=delay, error=why, attempt=attempt)
+        self.emit("retry", ref=self.ref, delay=delay, error=why, attempt=attempt)
 
     def run(self, exchange: Exchange[T]) -> Flow[T]:
         """Drive a provider exchange, each of its requests through :meth:`send`."""
@@ -203,12 +206,14 @@ class FlowContext:
     # -- operations --------------------------------------------------------------------------
     def get(self, ref: RunRef) -> Flow[RunStatus]:
         ref = self.provider.check_ref(ref)
+        self.ref = self.ref or ref
         status = yield from self.run(self.provider.status(ref))
         self._check_unknown(status)
         return status
 
     def cancel(self, ref: RunRef) -> Flow[None]:
         ref = self.provider.check_ref(ref)
+        self.ref = self.ref or ref
         if not self.provider.supports_cancel:
             raise NotSupported(f"{self.platform} runs cannot be cancelled over its API")
         self.emit("cancel_requested", ref=ref)
@@ -280,6 +285,7 @@ class FlowContext:
         """Wait until the run is terminal; raise WaitTimeout (with the last status) at the deadline."""
         provider = self.provider
         ref = provider.check_ref(ref)
+        self.ref = ref
         if options.run_timeout is not None and not provider.supports_cancel:
             raise NotSupported(
                 f"run_timeout needs cancel, and {self.platform} runs cannot be cancelled over its API"
@@ -309,6 +315,8 @@ class FlowContext:
                 )
                 if join_for > 0.5:
                     join = provider.join(ref, join_for)
+                    if join is not None:
+                        self.emit("join", ref=ref, status=last, delay=join_for)
             try:
                 if join is not None:
                     try:
@@ -333,19 +341,19 @@ class FlowContext:
                 error_since = None
             if status is not None:
                 self._check_unknown(status)
+                if cancelled_at is not None and status.state is RunState.CANCELLED:
+                    status = dataclasses.replace(
+                        status,
+                        state=RunState.TIMED_OUT,
+                        message=f"cancelled by runbridge: the run exceeded run_timeout="
+                        f"{options.run_timeout:g}s",
+                    )
                 self.emit("status", ref=ref, status=status, elapsed=self.clock() - start)
                 if last is None or status.raw_state != last.raw_state:
                     logger.info("%s", status.summary())
                     self.emit("state_changed", ref=ref, status=status, elapsed=self.clock() - start)
                 last = status
                 if status.is_terminal:
-                    if cancelled_at is not None and status.state is RunState.CANCELLED:
-                        status = dataclasses.replace(
-                            status,
-                            state=RunState.TIMED_OUT,
-                            message=f"cancelled by runbridge: the run exceeded run_timeout="
-                            f"{options.run_timeout:g}s",
-                        )
                     return status
                 if (
                     options.run_timeout is not None
