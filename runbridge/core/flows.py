@@ -313,6 +313,9 @@ class FlowContext:
                     if remaining is None
                     else min(remaining, options.join_timeout)
                 )
+                if options.run_timeout is not None and cancelled_at is None:
+                    # wake in time to cancel a run that outlives run_timeout
+                    join_for = min(join_for, options.run_timeout - self._age(last, start) + 0.01)
                 if join_for > 0.5:
                     join = provider.join(ref, join_for)
                     if join is not None:

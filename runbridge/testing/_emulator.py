@@ -58,6 +58,8 @@ class Script:
     final: str = "success"
     message: str | None = None
     outputs: Mapping[str, Any] | None = None
+    error_type: str | None = None
+    """The platform's error class or code for a failed run, where it reports one."""
 
     def state_at(self, elapsed: float) -> tuple[str, bool]:
         """(raw state, finished?) ``elapsed`` seconds after launch."""
@@ -214,10 +216,14 @@ class Emulator:
         """Refuse a request without the right credentials (platform-specific; default: none)."""
         return None
 
+    def starlette_options(self) -> dict[str, Any]:
+        """Extra ``Starlette(...)`` arguments (middleware, exception_handlers) for subclasses."""
+        return {}
+
     @property
     def app(self) -> ASGIApp:
         if self._app is None:
-            self._app = Starlette(routes=self.routes())
+            self._app = Starlette(routes=self.routes(), **self.starlette_options())
         return self._middleware
 
     async def _middleware(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -244,7 +250,15 @@ class Emulator:
                 )
             )
 
+        replayed = False
+
         async def replay() -> Message:
+            # the body once, then the server's own receive (which reports a disconnect:
+            # streaming responses listen for it)
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
         fault = self._take_fault(method, path, "before")
