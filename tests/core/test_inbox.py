@@ -21,7 +21,6 @@ from runbridge.core.http import Request, Sleep
 from runbridge.testing import Script, serve
 from runbridge.testing.rest import REST_CONFIG
 
-
 REF = RunRef("rest", "r-1")
 DONE = RunStatus(REF, RunState.SUCCEEDED, "succeeded")
 RUNNING = RunStatus(REF, RunState.RUNNING, "running")
