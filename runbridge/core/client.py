@@ -288,6 +288,10 @@ class RunClient(_BaseClient):
     def cancel(self, ref: RefLike) -> None:
         self._drive(self._flows().cancel(self._coerce(ref)))
 
+    def list(self, *, limit: int | None = 100, **filters: Any) -> list[RunStatus]:
+        """Runs on the platform (where its API lists them), at most ``limit``."""
+        return self._drive(self._flows().list(limit, **filters))
+
     def wait(
         self,
         ref: RefLike,
@@ -422,6 +426,9 @@ class AsyncRunClient(_BaseClient):
 
     async def cancel(self, ref: RefLike) -> None:
         await self._drive(self._flows().cancel(self._coerce(ref)))
+
+    async def list(self, *, limit: int | None = 100, **filters: Any) -> list[RunStatus]:
+        return await self._drive(self._flows().list(limit, **filters))
 
     async def wait(
         self,

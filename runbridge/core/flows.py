@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar
 
 from .errors import (
+    ConfigError,
     Conflict,
     LaunchUncertain,
     NotSupported,
@@ -210,6 +211,11 @@ class FlowContext:
         status = yield from self.run(self.provider.status(ref))
         self._check_unknown(status)
         return status
+
+    def list(self, limit: int | None, **filters: Any) -> Flow[list[RunStatus]]:
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
+        return (yield from self.run(self.provider.list_runs(limit=limit, **filters)))
 
     def cancel(self, ref: RunRef) -> Flow[None]:
         ref = self.provider.check_ref(ref)

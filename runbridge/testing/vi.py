@@ -176,6 +176,8 @@ class ViEmulator(Emulator):
                 "lastTransitionTime": self.wall_ms(at),
             }
             if value in ("Failed", "Error") or status == "FailedReach":
+                if run.script.error_type:
+                    entry["reason"] = run.script.error_type
                 entry["message"] = run.script.message or f"run {value.lower()}"
             conditions.append(entry)
         latest = conditions[-1] if conditions else None
@@ -266,8 +268,9 @@ class ViEmulator(Emulator):
             return _error(400, "BadRequest", "Invalid page token")
         org = request.path_params["org"]
         with self.lock:
+            order = {run_id: i for i, run_id in enumerate(self.runs)}
             mine = [r for r in self.runs.values() if r.data["organization_id"] == org]
-            mine.sort(key=lambda r: r.started, reverse=True)  # newest first
+            mine.sort(key=lambda r: (r.started, order[r.id]), reverse=True)  # newest first
             page = [self.document(r) for r in mine[offset : offset + size]]
         more = offset + size < len(mine)
         return JSONResponse(

@@ -55,6 +55,10 @@ class Provider(abc.ABC):
     def cancel(self, ref: RunRef) -> Exchange[None]:
         raise NotSupported(f"{self.name} runs cannot be cancelled over its API")
 
+    def list_runs(self, *, limit: int | None = 100, **filters: Any) -> Exchange[list[RunStatus]]:
+        """Runs on the platform, newest first where it says, at most ``limit``."""
+        raise NotSupported(f"{self.name} runs cannot be listed over its API")
+
     def join(self, ref: RunRef, timeout: float) -> Exchange[RunStatus] | None:
         """A blocking wait (long poll) of at most ``timeout`` seconds, or None when the
         platform has none. The exchange returns a status, terminal or not."""

@@ -262,7 +262,7 @@ class Vi(Provider):
 
     def find(self, spec: LaunchSpec) -> Exchange[RunRef | None]:
         assert spec.key is not None
-        org = self._org(spec.params.get("organization_id"), "find")
+        org = self._org(spec.params.get("organization_id"), "launch")
         response = yield self._get_run(org, run_for_key(spec.key))
         if response.status_code == 404:
             return None
@@ -314,8 +314,11 @@ class Vi(Provider):
         state = self.map_state(raw)
         message = None
         if latest is not None:
-            text = latest.get("message") or latest.get("reason")
-            message = str(text) if text else None
+            reason, text = latest.get("reason"), latest.get("message")
+            if reason and text:
+                message = f"{reason}: {text}"
+            elif reason or text:
+                message = str(text or reason)
         log = status.get("log")
         log_url = str(log) if isinstance(log, str) and log else None
         killed_at = _epoch_ms(spec.get("killedAt"))
@@ -395,10 +398,16 @@ class Vi(Provider):
         organization_id: str | None = None,
         limit: int | None = DEFAULT_LIST_LIMIT,
         page_size: int | None = None,
+        **filters: Any,
     ) -> Exchange[list[RunStatus]]:
         """The organization's runs, newest first as the platform lists them, one request per
         page, up to ``limit`` runs (None: every page). ``page_size`` (1..1000) defaults to
         ``min(limit, 100)``."""
+        if filters:
+            raise ConfigError(
+                f"vi: listing runs takes organization_id, limit and page_size, not "
+                f"{', '.join(sorted(filters))}"
+            )
         org = self._org(organization_id, "listing runs")
         if limit is not None and (
             isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
