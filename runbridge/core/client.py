@@ -24,7 +24,7 @@ from .flows import Event, FlowContext, LongPollUnavailable, WaitOptions
 from .http import Flow, Request, Response, Sleep
 from .inbox import Inbox
 from .models import LaunchSpec, RunRef, RunStatus
-from .registry import create_provider
+from .registry import available, create_provider
 from .schedule import PollSchedule, RetryPolicy
 from .states import DEFAULT_SUCCESS, RunState, parse_states
 
@@ -72,6 +72,7 @@ class _BaseClient:
         self.provider = create_provider(platform, **options)
         self.platform = self.provider.name
         self.base_url = base_url.rstrip("/")
+        self.provider.base_url = self.base_url
         self._token = token or None
         self.timeout = _secs(timeout, "timeout") or 0.0
         if self.timeout <= 0:
@@ -81,8 +82,14 @@ class _BaseClient:
         self.hooks = list(hooks)
         self.inbox = inbox
         self._headers: dict[str, str] = {"user-agent": f"runbridge/{__version__}"}
+        self._secrets: list[str] = []
         if self._token:
-            self._headers.update(self.provider.auth_headers(self._token))
+            auth = self.provider.auth_headers(self._token)
+            self._headers.update(auth)
+            # the token, and what is derived from it (e.g. Basic auth's base64 form)
+            for value in (self._token, *auth.values()):
+                self._secrets += [value, value.rpartition(" ")[2]]
+            self._secrets = sorted({v for v in self._secrets if len(v) >= 4}, key=len, reverse=True)
         self._headers.update(headers or {})
 
     def __repr__(self) -> str:
@@ -115,11 +122,17 @@ class _BaseClient:
         return self.provider.make_ref(run_id, **scope)
 
     def _coerce(self, ref: RefLike) -> RunRef:
+        if isinstance(ref, str):
+            text = ref.strip()
+            prefix, colon, _ = text.partition(":")
+            if not (text.startswith("{") or (colon and prefix in (self.platform, *available()))):
+                # the platform's own notation (a W&B run path, a run page URL, a bare id)
+                return self.provider.make_ref(text)
         return self.provider.check_ref(RunRef.coerce(ref))
 
     def _httpx_args(self, request: Request) -> dict[str, Any]:
         timeout = httpx.Timeout(
-            self.timeout if request.timeout is None else request.timeout + 5.0,
+            self.timeout if request.timeout is None else request.timeout,
             connect=min(self.timeout, 10.0),
         )
         headers = dict(self._headers)
@@ -163,8 +176,8 @@ class _BaseClient:
         )
 
     def _redact(self, text: str) -> str:
-        if self._token and len(self._token) >= 4:
-            text = text.replace(self._token, "***")
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
         return text
 
     def _scrub(self, exc: BaseException) -> BaseException:

@@ -36,6 +36,8 @@ class Provider(abc.ABC):
     """The platform's raw state values and what they mean; documented in docs/platforms/."""
     ref_scope: tuple[str, ...] = ()
     """Scope keys a RunRef of this platform must carry (e.g. ``("thread_id",)``)."""
+    base_url: str | None = None
+    """The client's base URL, set by the client (for run page URLs); providers never connect."""
     supports_launch: bool = True
     supports_cancel: bool = True
     supports_find: bool = False
