@@ -938,6 +938,10 @@ def _interrupt(signum: int, frame: object) -> None:
 _EXAMPLES = {
     "rest": """runbridge launch '{"job": "nightly"}' --wait""",
     "langgraph": """runbridge launch '{"assistant_id": "agent", "input": {"input": {"sleep": 2}}}' --wait""",
+    "flyte": """runbridge launch '{"task": "wf.main", "version": "v1", "inputs": {"n": 3}}' -o project=flytesnacks -o domain=development --wait""",
+    "wandb": """runbridge launch '{"docker_image": "trainer:latest"}' -o entity=runbridge -o project=demo -o queue=default --wait""",
+    "vi": """runbridge launch '{"flow": {"name": "demo", "schema": "v1", "tolerations": {}, "settings": {}, "blocks": []}}' -o organization_id=org-demo --wait""",
+    "lume": """runbridge launch '{"flow_version": "invoice_processor:v3", "source_path": "s3://invoices/batch-001.csv", "force_rerun": true}' --wait""",
 }
 """A launch each emulator understands, printed by ``emulate``."""
 
