@@ -5,12 +5,16 @@
 ...     emu.script(Script([("pending", 0.1), ("running", 0.5)], final="error", message="boom"))
 ...     ...  # point a RunClient at emu.base_url; emu.launches records what it received
 
+One server for many emulators (a fresh one per test, say): ``with serve_relay() as relay:``,
+then ``emu = relay.swap(create_emulator("rest"))`` for each test (see :class:`Relay`).
+
 Needs the ``testing`` extra (starlette, uvicorn). Imports no orchestrator.
 """
 
 from __future__ import annotations
 
 from ._emulator import EmulatedRun, Emulator, Fault, RecordedRequest, Script
+from ._relay import Relay, serve_relay
 from ._server import EMULATORS, create_emulator, serve
 
 __all__ = [
@@ -19,7 +23,9 @@ __all__ = [
     "Emulator",
     "Fault",
     "RecordedRequest",
+    "Relay",
     "Script",
     "create_emulator",
     "serve",
+    "serve_relay",
 ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -17,17 +16,15 @@ import pytest
 
 from runbridge.core import (
     AuthError,
-    PollSchedule,
-    RetryPolicy,
     RunFailed,
     RunNotFound,
     RunState,
     WaitTimeout,
 )
 from runbridge.core.providers.flyte import decode_stream, envelope, run_name_for_key
-from runbridge.testing import Emulator, Fault, Script, create_emulator, serve
+from runbridge.testing import Emulator, Fault, Relay, Script, create_emulator
 from runbridge.testing.flyte import FlyteEmulator, proto_codec
-from tests.core.helpers import ClientUnderTest, make_client
+from tests.core.helpers import ClientUnderTest
 
 pytestmark = pytest.mark.anyio
 
@@ -43,68 +40,17 @@ LAUNCH = {"task": "wf.main", "version": "v1", "inputs": {"n": 3, "label": "x"}}
 RUN_SERVICE = "/flyteidl2.workflow.RunService"
 
 
-class _Relay(Emulator):
-    """One uvicorn server for the module, relaying to a fresh emulator for each test."""
-
-    platform = "flyte"
-    target: Emulator | None = None
-
-    @property
-    def app(self) -> Any:
-        return self._relay
-
-    async def _relay(self, scope: Any, receive: Any, send: Any) -> None:
-        assert self.target is not None, "no emulator behind the relay"
-        await self.target.app(scope, receive, send)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[_Relay]:
-    with serve(_Relay()) as relay:
-        yield relay  # type: ignore[misc]
-
-
 @pytest.fixture
-def emu(server: _Relay) -> Iterator[FlyteEmulator]:
-    """A fresh ``flyte`` emulator (what ``serve("flyte", token=TOKEN)`` serves) on loopback."""
+def emulator() -> FlyteEmulator:
+    """A fresh ``flyte`` emulator: what ``serve("flyte", token=TOKEN)`` serves."""
     emulator = create_emulator("flyte", token=TOKEN)
     assert isinstance(emulator, FlyteEmulator)
-    emulator.base_url = server.base_url
-    server.target = emulator
-    yield emulator
-    server.target = None
-
-
-@pytest.fixture(params=["sync", "async"])
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+    return emulator
 
 
 @pytest.fixture
-async def connect(kind: str, emu: FlyteEmulator):
-    made: list[ClientUnderTest] = []
-
-    def connect(token: str | None = TOKEN, **kwargs: Any) -> ClientUnderTest:
-        options: dict[str, Any] = {
-            "project": PROJECT,
-            "domain": DOMAIN,
-            "console_url": emu.base_url,
-            "poll": PollSchedule.fixed(0.05),
-            "retry": RetryPolicy(attempts=4, first=0.02, cap=0.1, jitter=0.0),
-            "timeout": 5.0,
-        }
-        options.update(kwargs)
-        made.append(make_client(kind, "flyte", emu.base_url, token, **options))
-        return made[-1]
-
-    yield connect
-    for client in made:
-        await client.close()
-
-
-@pytest.fixture
-def client(connect) -> ClientUnderTest:
-    return connect()
+def client_options(emu: FlyteEmulator) -> dict[str, Any]:
+    return {"project": PROJECT, "domain": DOMAIN, "console_url": emu.base_url}
 
 
 def calls(emu: Emulator, method: str) -> int:
@@ -212,18 +158,10 @@ async def test_polling_without_the_watch(emu: FlyteEmulator, client: ClientUnder
     assert calls(emu, "GetRunDetails") >= 2
 
 
-def swap(server: _Relay, **options: Any) -> FlyteEmulator:
-    """Put an emulator with other options behind the relay (the ``emu`` fixture restores)."""
-    emulator = FlyteEmulator(token=TOKEN, **options)
-    emulator.base_url = server.base_url
-    server.target = emulator
-    return emulator
-
-
 async def test_streams_closed_early_by_a_proxy_are_reopened(
-    server: _Relay, client: ClientUnderTest
+    relay: Relay, client: ClientUnderTest
 ) -> None:
-    emu = swap(server, stream_limit=0.05)
+    emu = relay.swap(FlyteEmulator(token=TOKEN, stream_limit=0.05))
     emu.script(Script([("queued", 0.1), ("running", 0.3)]))
     ref = await client.launch(LAUNCH)
     status = await client.wait(ref, timeout=10)
@@ -263,9 +201,9 @@ async def test_a_name_taken_on_retry_is_found_not_duplicated(
 
 
 async def test_open_source_server_returns_the_existing_run(
-    server: _Relay, client: ClientUnderTest
+    relay: Relay, client: ClientUnderTest
 ) -> None:
-    emu = swap(server, duplicate="existing")
+    emu = relay.swap(FlyteEmulator(token=TOKEN, duplicate="existing"))
     first = await client.launch(LAUNCH, key="k")
     again = await client.launch(LAUNCH, key="k", reuse=False)  # CreateRun answers the run
     assert again == first

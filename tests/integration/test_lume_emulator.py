@@ -30,9 +30,9 @@ from runbridge.core import (
 )
 from runbridge.core.providers.lume import Lume
 from runbridge.core.webhooks import WebhookError, parse_delivery
-from runbridge.testing import Emulator, Script, serve
+from runbridge.testing import Emulator, Relay, Script, serve_relay
 from runbridge.testing.lume import SIGNATURE_HEADER, LumeEmulator
-from tests.core.helpers import ClientUnderTest, make_client
+from tests.core.helpers import ClientUnderTest
 
 pytestmark = pytest.mark.anyio
 
@@ -47,21 +47,6 @@ STEPS = [
 QUICK = Script(STEPS, final="SUCCEEDED")
 LONG = Script([("CREATED", 0.05), ("TRANSFORMING", 30.0)])
 LAUNCH = {"flow_version": "invoice_processor:v3", "source_path": "s3://invoices/batch-001.csv"}
-
-
-class _Relay(Emulator):
-    """One uvicorn server for the module, relaying to a fresh emulator for each test."""
-
-    platform = "lume"
-    target: Emulator | None = None
-
-    @property
-    def app(self) -> Any:
-        return self._relay
-
-    async def _relay(self, scope: Any, receive: Any, send: Any) -> None:
-        assert self.target is not None, "no emulator behind the relay"
-        await self.target.app(scope, receive, send)
 
 
 class Receiver(Emulator):
@@ -90,28 +75,19 @@ class Receiver(Emulator):
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[_Relay]:
-    with serve(_Relay()) as relay:
-        yield relay  # type: ignore[misc]
-
-
-@pytest.fixture(scope="module")
-def receiver_server() -> Iterator[_Relay]:
-    with serve(_Relay()) as relay:
-        yield relay  # type: ignore[misc]
+def receiver_relay() -> Iterator[Relay]:
+    with serve_relay() as relay:
+        yield relay
 
 
 @pytest.fixture
-def receiver(receiver_server: _Relay) -> Iterator[Receiver]:
-    hooks = Receiver()
-    hooks.base_url = receiver_server.base_url
-    receiver_server.target = hooks
-    yield hooks
-    receiver_server.target = None
+def receiver(receiver_relay: Relay) -> Iterator[Receiver]:
+    yield receiver_relay.swap(Receiver())
+    receiver_relay.target = None
 
 
 @pytest.fixture
-def emu(server: _Relay, receiver: Receiver) -> Iterator[LumeEmulator]:
+def emulator(receiver: Receiver) -> Iterator[LumeEmulator]:
     """A fresh Lume emulator whose webhooks go to ``receiver``, signed with SECRET."""
     emulator = LumeEmulator(
         token=TOKEN,
@@ -120,40 +96,13 @@ def emu(server: _Relay, receiver: Receiver) -> Iterator[LumeEmulator]:
         webhook_secret=SECRET,
         webhook_retry_delay=0.02,
     )
-    emulator.base_url = server.base_url
-    server.target = emulator
     yield emulator
     emulator.close()
-    server.target = None
-
-
-@pytest.fixture(params=["sync", "async"])
-def kind(request: pytest.FixtureRequest) -> str:
-    return request.param
 
 
 @pytest.fixture
-async def connect(kind: str, emu: LumeEmulator):
-    made: list[ClientUnderTest] = []
-
-    def connect(token: str | None = TOKEN, **kwargs: Any) -> ClientUnderTest:
-        options: dict[str, Any] = {
-            "poll": PollSchedule.fixed(0.05),
-            "retry": RetryPolicy(attempts=3, first=0.02, cap=0.1, jitter=0.0),
-            "timeout": 5.0,
-            **kwargs,
-        }
-        made.append(make_client(kind, "lume", emu.base_url, token, **options))
-        return made[-1]
-
-    yield connect
-    for client in made:
-        await client.close()
-
-
-@pytest.fixture
-def client(connect) -> ClientUnderTest:
-    return connect()
+def client_options() -> dict[str, Any]:
+    return {"retry": RetryPolicy(attempts=3, first=0.02, cap=0.1, jitter=0.0)}
 
 
 # -- launch, get, wait ---------------------------------------------------------------------------

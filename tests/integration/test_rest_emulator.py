@@ -5,9 +5,9 @@ Short scripts and ``PollSchedule.fixed(0.05)`` keep the file fast; nothing here 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from runbridge.core import (
@@ -15,17 +15,15 @@ from runbridge.core import (
     Conflict,
     Event,
     LaunchUncertain,
-    PollSchedule,
-    RetryPolicy,
     RunFailed,
     RunNotFound,
     RunRef,
     RunState,
     WaitTimeout,
 )
-from runbridge.testing import Emulator, Fault, Script, create_emulator, serve
+from runbridge.testing import Emulator, Fault, Relay, Script, create_emulator
 from runbridge.testing.rest import REST_CONFIG
-from tests.core.helpers import ClientUnderTest, make_client
+from tests.core.helpers import ClientUnderTest
 
 pytestmark = pytest.mark.anyio
 
@@ -36,67 +34,15 @@ LAUNCH = {"job": "etl", "size": 3}
 LAUNCH_PATH = "/api/v1/jobs/etl/runs"
 
 
-class _Relay(Emulator):
-    """One uvicorn server for the module, relaying to a fresh emulator for each test (starting
-    and stopping a server per test would cost more than the tests themselves)."""
-
-    platform = "rest"
-    target: Emulator | None = None
-
-    @property
-    def app(self) -> Any:
-        return self._relay
-
-    async def _relay(self, scope: Any, receive: Any, send: Any) -> None:
-        assert self.target is not None, "no emulator behind the relay"
-        await self.target.app(scope, receive, send)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[_Relay]:
-    with serve(_Relay()) as relay:
-        yield relay  # type: ignore[misc]
+@pytest.fixture
+def emulator() -> Emulator:
+    """A fresh ``rest`` emulator: what ``serve("rest", token=TOKEN)`` serves."""
+    return create_emulator("rest", token=TOKEN)
 
 
 @pytest.fixture
-def emu(server: _Relay) -> Iterator[Emulator]:
-    """A fresh ``rest`` emulator (what ``serve("rest", token=TOKEN)`` serves) on loopback."""
-    emulator = create_emulator("rest", token=TOKEN)
-    emulator.base_url = server.base_url
-    server.target = emulator
-    yield emulator
-    server.target = None
-
-
-@pytest.fixture(params=["sync", "async"])
-def kind(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture
-async def connect(kind: str, emu: Emulator):
-    """``connect(token=..., **options)``: a client of ``kind`` for the emulator, closed after."""
-    made: list[ClientUnderTest] = []
-
-    def connect(token: str | None = TOKEN, **kwargs: Any) -> ClientUnderTest:
-        options: dict[str, Any] = {
-            **REST_CONFIG,
-            "poll": PollSchedule.fixed(0.05),
-            "retry": RetryPolicy(attempts=4, first=0.02, cap=0.1, jitter=0.0),
-            "timeout": 5.0,
-        }
-        options.update(kwargs)
-        made.append(make_client(kind, "rest", emu.base_url, token, **options))
-        return made[-1]
-
-    yield connect
-    for client in made:
-        await client.close()
-
-
-@pytest.fixture
-def client(connect) -> ClientUnderTest:
-    return connect()
+def client_options() -> dict[str, Any]:
+    return dict(REST_CONFIG)
 
 
 # -- each terminal state ------------------------------------------------------------------------
@@ -287,3 +233,21 @@ async def test_relaunch_with_the_same_key_returns_the_same_run(
     second = await client.launch(LAUNCH, key="same")
     assert first == second
     assert len(emu.launches) == 1
+
+
+# -- the relay the module's tests share --------------------------------------------------------
+def test_the_relay_answers_for_the_emulator_swapped_in(relay: Relay) -> None:
+    with httpx.Client(base_url=relay.base_url, timeout=5.0) as http:
+        empty = http.get("/api/v1/runs/x")
+        assert (empty.status_code, empty.json()) == (
+            503,
+            {"detail": "no emulator behind the relay"},
+        )
+        first = relay.swap(create_emulator("rest", token=TOKEN))
+        assert (first.base_url, relay.target) == (relay.base_url, first)
+        assert http.get("/api/v1/runs/x").status_code == 401
+        second = relay.swap(create_emulator("rest"))
+        assert http.get("/api/v1/runs/x").status_code == 404
+        assert [r.path for r in first.requests] == [r.path for r in second.requests]
+        assert relay.requests == [], "the emulator behind the relay records, not the relay"
+    relay.target = None

@@ -5,7 +5,6 @@ Short scripts and ``PollSchedule.fixed(0.05)`` keep the file fast; nothing here 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,7 +14,6 @@ from runbridge.core import (
     AuthError,
     Event,
     PlatformUnavailable,
-    PollSchedule,
     RetryPolicy,
     RunNotFound,
     RunState,
@@ -23,9 +21,9 @@ from runbridge.core import (
     WaitTimeout,
 )
 from runbridge.core.providers.vi import METADATA_KEY, Vi, run_for_key
-from runbridge.testing import Emulator, Fault, Script, serve
+from runbridge.testing import Fault, Script
 from runbridge.testing.vi import DEFAULT_FLOW, ViEmulator
-from tests.core.helpers import ClientUnderTest, make_client
+from tests.core.helpers import ClientUnderTest
 
 pytestmark = pytest.mark.anyio
 
@@ -37,64 +35,14 @@ LAUNCH = {"flow": DEFAULT_FLOW, "training_project": "tp-1"}
 RUNS = f"/workspaces/{ORG}/runs"
 
 
-class _Relay(Emulator):
-    """One uvicorn server for the module, relaying to a fresh emulator per test."""
-
-    platform = "vi"
-    target: Emulator | None = None
-
-    @property
-    def app(self) -> Any:
-        return self._relay
-
-    async def _relay(self, scope: Any, receive: Any, send: Any) -> None:
-        assert self.target is not None, "no emulator behind the relay"
-        await self.target.app(scope, receive, send)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[_Relay]:
-    with serve(_Relay()) as relay:
-        yield relay  # type: ignore[misc]
+@pytest.fixture
+def emulator() -> ViEmulator:
+    return ViEmulator(token=TOKEN, organization_id=ORG)
 
 
 @pytest.fixture
-def emu(server: _Relay) -> Iterator[ViEmulator]:
-    emulator = ViEmulator(token=TOKEN, organization_id=ORG)
-    emulator.base_url = server.base_url
-    server.target = emulator
-    yield emulator
-    server.target = None
-
-
-@pytest.fixture(params=["sync", "async"])
-def kind(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture
-async def connect(kind: str, emu: ViEmulator):
-    made: list[ClientUnderTest] = []
-
-    def connect(token: str | None = TOKEN, **kwargs: Any) -> ClientUnderTest:
-        options: dict[str, Any] = {
-            "organization_id": ORG,
-            "poll": PollSchedule.fixed(0.05),
-            "retry": RetryPolicy(attempts=4, first=0.02, cap=0.1, jitter=0.0),
-            "timeout": 5.0,
-        }
-        options.update(kwargs)
-        made.append(make_client(kind, "vi", emu.base_url, token, **options))
-        return made[-1]
-
-    yield connect
-    for client in made:
-        await client.close()
-
-
-@pytest.fixture
-def client(connect) -> ClientUnderTest:
-    return connect()
+def client_options() -> dict[str, Any]:
+    return {"organization_id": ORG}
 
 
 async def list_runs(client: ClientUnderTest, **kwargs: Any) -> list[RunStatus]:

@@ -7,15 +7,12 @@ nothing here asserts on time. The GraphQL engine of the emulator is checked dire
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from runbridge.core import (
     AuthError,
-    PollSchedule,
-    RetryPolicy,
     RunFailed,
     RunNotFound,
     RunRef,
@@ -23,9 +20,9 @@ from runbridge.core import (
     WaitTimeout,
 )
 from runbridge.core.providers.wandb import run_id_for_key
-from runbridge.testing import Emulator, Script, create_emulator, serve
+from runbridge.testing import Script, create_emulator
 from runbridge.testing.wandb import DEFAULT_ENTITY, SCHEMA, WandBEmulator, execute
-from tests.core.helpers import ClientUnderTest, make_client
+from tests.core.helpers import ClientUnderTest
 
 pytestmark = pytest.mark.anyio
 
@@ -36,65 +33,16 @@ LONG = Script([("running", 30.0)], final="finished")
 LAUNCH = {"queue": "default", "entity": DEFAULT_ENTITY, "project": PROJECT, "docker_image": "t:1"}
 
 
-class _Relay(Emulator):
-    """One server for the module, relaying to a fresh emulator for each test."""
-
-    platform = "wandb"
-    target: Emulator | None = None
-
-    @property
-    def app(self) -> Any:
-        return self._relay
-
-    async def _relay(self, scope: Any, receive: Any, send: Any) -> None:
-        assert self.target is not None, "no emulator behind the relay"
-        await self.target.app(scope, receive, send)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[_Relay]:
-    with serve(_Relay()) as relay:
-        yield relay  # type: ignore[misc]
-
-
 @pytest.fixture
-def emu(server: _Relay) -> Iterator[WandBEmulator]:
+def emulator() -> WandBEmulator:
     emulator = create_emulator("wandb", token=TOKEN, pickup=0.05)
     assert isinstance(emulator, WandBEmulator)
-    emulator.base_url = server.base_url
-    server.target = emulator
-    yield emulator
-    server.target = None
-
-
-@pytest.fixture(params=["sync", "async"])
-def kind(request: pytest.FixtureRequest) -> str:
-    return request.param
+    return emulator
 
 
 @pytest.fixture
-async def connect(kind: str, emu: WandBEmulator):
-    made: list[ClientUnderTest] = []
-
-    def connect(token: str | None = TOKEN, **kwargs: Any) -> ClientUnderTest:
-        options: dict[str, Any] = {
-            "poll": PollSchedule.fixed(0.05),
-            "retry": RetryPolicy(attempts=4, first=0.02, cap=0.1, jitter=0.0),
-            "timeout": 5.0,
-            "app_url": "https://wandb.example",
-        }
-        options.update(kwargs)
-        made.append(make_client(kind, "wandb", emu.base_url, token, **options))
-        return made[-1]
-
-    yield connect
-    for client in made:
-        await client.close()
-
-
-@pytest.fixture
-def client(connect) -> ClientUnderTest:
-    return connect()
+def client_options() -> dict[str, Any]:
+    return {"app_url": "https://wandb.example"}
 
 
 # -- an existing run (the sensor case) -----------------------------------------------------------
