@@ -175,10 +175,14 @@ class _BaseClient:
             timeout=isinstance(exc, httpx.TimeoutException),
         )
 
-    def _redact(self, text: str) -> str:
+    def redact(self, text: str) -> str:
+        """``text`` with this client's token (and values derived from it) replaced by ``***``;
+        for wrappers that log or store what a platform said."""
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+    _redact = redact
 
     def _scrub(self, exc: BaseException) -> BaseException:
         """Remove the token from an error and the errors it wraps, on their way out

@@ -1,0 +1,80 @@
+"""Terminating a Dagster run cancels the external run its step waits for.
+
+The run goes the way a deployment's does: a code server (gRPC, its own process) loads
+tests/dagster/jobs.py, the DefaultRunLauncher starts a run worker process through it, and the
+default multiprocess executor runs the step in a child process. ``run_launcher.terminate``
+(what the UI's Terminate button calls) asks the code server to cancel the run; the run worker
+receives SIGINT and forwards it to the step process, where Dagster raises
+``DagsterExecutionInterruptedError`` inside the step; the step cancels the external run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.test_utils import poll_for_finished_run
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import PythonFileTarget
+
+from runbridge.testing import Emulator, Relay, Script, create_emulator
+from tests.dagster import jobs
+
+JOBS_FILE = Path(jobs.__file__)
+
+
+@pytest.fixture
+def emu(relay: Relay, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
+    emu = relay.swap(create_emulator("rest"))
+    monkeypatch.setenv(jobs.URL_ENV, emu.base_url)  # inherited by the code server and run worker
+    yield emu
+    relay.target = None
+
+
+def wait_until(condition, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_terminating_the_dagster_run_cancels_the_external_run(emu: Emulator) -> None:
+    emu.script(Script([("queued", 0.05), ("running", 600.0)], final="succeeded"))
+    target = PythonFileTarget(
+        python_file=str(JOBS_FILE), attribute="defs", working_directory=None, location_name="jobs"
+    )
+    with dg.instance_for_test() as instance, WorkspaceProcessContext(instance, target) as process:
+        workspace = process.create_request_context()
+        remote_job = (
+            workspace.get_code_location("jobs")
+            .get_repository("__repository__")
+            .get_full_job("long_job")
+        )
+        run = instance.create_run_for_job(
+            job_def=jobs.long_job,
+            remote_job_origin=remote_job.get_remote_origin(),
+            job_code_origin=remote_job.get_python_origin(),
+        )
+        instance.launch_run(run.run_id, workspace)
+        # the step launched the external run and is waiting for it
+        wait_until(lambda: len(emu.launches) == 1)
+        (external_id,) = emu.runs
+        wait_until(
+            lambda: any(
+                e.message.startswith(f"rest:{external_id}: RUNNING")
+                for e in instance.all_logs(run.run_id)
+            )
+        )
+        assert emu.cancels == []
+
+        assert instance.run_launcher.terminate(run.run_id)
+
+        finished = poll_for_finished_run(instance, run.run_id, timeout=60)
+        assert finished.status == dg.DagsterRunStatus.CANCELED
+        assert emu.cancels == [external_id]
+        messages = [e.message for e in instance.all_logs(run.run_id)]
+        assert f"The Dagster run was terminated; cancelling rest:{external_id}" in messages
+        assert f"Cancelled rest:{external_id} (Dagster run terminated)" in messages
