@@ -74,3 +74,24 @@ def test_a_broken_entry_point_is_a_config_error(third_party: str) -> None:
 def test_unknown_platform_lists_what_exists() -> None:
     with pytest.raises(ConfigError, match=r"unknown platform 'nope'; available: .*langgraph"):
         get_provider_class("nope")
+
+
+def test_the_package_exports_exactly_the_core_public_names() -> None:
+    import runbridge
+    import runbridge.core
+
+    assert set(runbridge.__all__) - {"__version__"} == set(runbridge.core.__all__)
+    for name in runbridge.core.__all__:
+        assert getattr(runbridge, name) is getattr(runbridge.core, name)
+
+
+def test_importing_the_package_alone_loads_no_http_stack() -> None:
+    import subprocess
+
+    code = (
+        "import sys, runbridge; "
+        "print(sorted(m for m in ('httpx', 'runbridge.core', 'airflow', 'prefect', 'dagster') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

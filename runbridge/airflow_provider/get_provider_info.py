@@ -1,0 +1,84 @@
+"""What Airflow's providers manager learns about runbridge (entry point
+``apache_airflow_provider``). Hand-written; ``tests/airflow`` imports every dotted path in it.
+
+This module imports nothing: the providers manager and the UI's connection form read it
+without importing hooks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PACKAGE = "runbridge.airflow_provider"
+INTEGRATION = "Runbridge"
+
+UI_FIELD_BEHAVIOUR: dict[str, Any] = {
+    "hidden-fields": ["login", "port", "schema"],
+    "relabeling": {"host": "Base URL", "password": "Token"},
+    "placeholders": {
+        "host": "https://api.example.com",
+        "password": "API token (optional)",
+        "extra": '{"platform": "langgraph", "options": {"assistant_id": "agent"}}',
+    },
+}
+
+CONN_FIELDS: dict[str, Any] = {
+    "platform": {
+        "label": "Platform",
+        "description": "The platform's name in runbridge: langgraph, rest, flyte, wandb, vi, "
+        "lume, or a third-party one (`runbridge platforms` lists them).",
+        "schema": {"type": ["string", "null"]},
+    },
+    "options": {
+        "label": "Platform options",
+        "description": "A JSON object of the platform's provider options, e.g. "
+        '{"assistant_id": "agent"} for LangGraph or the rest provider\'s endpoints.',
+        "schema": {"type": ["object", "null"]},
+    },
+    "timeout": {
+        "label": "Request timeout (seconds)",
+        "description": "Timeout of each HTTP request to the platform (default 30).",
+        "schema": {"type": ["number", "null"]},
+    },
+    "retry": {
+        "label": "Retries of each request",
+        "description": 'A JSON object of runbridge RetryPolicy fields, e.g. {"attempts": 5, '
+        '"total": 60}: how a request that failed in a retryable way is tried again.',
+        "schema": {"type": ["object", "null"]},
+    },
+}
+
+
+def get_provider_info() -> dict[str, Any]:
+    from .. import __version__
+
+    return {
+        "package-name": "runbridge",
+        "name": "Runbridge",
+        "description": "Launch runs on external platforms (LangGraph Platform, any JSON run "
+        "API, ...) and wait for them: a hook, an operator, a sensor, a trigger and an extra "
+        "link built on the runbridge core client.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": INTEGRATION,
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [{"integration-name": INTEGRATION, "python-modules": [f"{PACKAGE}.hooks"]}],
+        "operators": [
+            {"integration-name": INTEGRATION, "python-modules": [f"{PACKAGE}.operators"]}
+        ],
+        "sensors": [{"integration-name": INTEGRATION, "python-modules": [f"{PACKAGE}.sensors"]}],
+        "triggers": [{"integration-name": INTEGRATION, "python-modules": [f"{PACKAGE}.triggers"]}],
+        "connection-types": [
+            {
+                "connection-type": "runbridge",
+                "hook-class-name": f"{PACKAGE}.hooks.RunbridgeHook",
+                "hook-name": "Runbridge",
+                "conn-fields": CONN_FIELDS,
+                "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
+            }
+        ],
+        "extra-links": [f"{PACKAGE}.links.RunPageLink"],
+    }

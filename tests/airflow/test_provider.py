@@ -1,0 +1,174 @@
+"""Registration, the connection and its hook, and what a DAG file pays to import the provider."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from urllib.parse import quote
+
+import pytest
+
+from runbridge.airflow_provider.get_provider_info import get_provider_info
+from runbridge.core.errors import ConfigError
+from runbridge.testing import Emulator
+from runbridge.testing.rest import REST_CONFIG
+
+from .conftest import TOKEN
+
+
+def test_every_dotted_path_in_the_provider_info_imports() -> None:
+    info = get_provider_info()
+    assert info["package-name"] == "runbridge"
+    modules = [
+        module
+        for section in ("hooks", "operators", "sensors", "triggers")
+        for entry in info[section]
+        for module in entry["python-modules"]
+    ]
+    classes = [c["hook-class-name"] for c in info["connection-types"]] + info["extra-links"]
+    for module in modules:
+        importlib.import_module(module)
+    for path in classes:
+        module, _, name = path.rpartition(".")
+        assert isinstance(getattr(importlib.import_module(module), name), type)
+
+
+def test_the_providers_manager_discovers_runbridge() -> None:
+    from airflow.providers_manager import ProvidersManager
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
+    manager = ProvidersManager()
+    assert manager.providers["runbridge"].data["name"] == "Runbridge"
+    hook = ProvidersManagerTaskRuntime().hooks["runbridge"]
+    assert hook is not None
+    assert hook.hook_class_name == "runbridge.airflow_provider.hooks.RunbridgeHook"
+    assert hook.connection_id_attribute_name == "runbridge_conn_id"
+    behaviour = manager.field_behaviours["runbridge"]
+    assert set(behaviour["hidden_fields"]) == {"login", "port", "schema"}
+    assert behaviour["relabeling"] == {"host": "Base URL", "password": "Token"}
+    widgets = manager.connection_form_widgets
+    assert widgets["extra__runbridge__platform"].field["schema"]["title"] == "Platform"
+    assert "runbridge.airflow_provider.links.RunPageLink" in manager.extra_links_class_names
+    assert any(t.package_name == "runbridge" for t in manager.trigger)
+
+
+def test_the_ui_connection_form_metadata() -> None:
+    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+
+    (meta,) = [m for m in HookMetaService.hook_meta_data() if m.connection_type == "runbridge"]
+    assert meta.hook_name == "Runbridge"
+    assert meta.standard_fields is not None
+    assert meta.standard_fields.host.title == "Base URL"
+    assert meta.standard_fields.password.title == "Token"
+    assert meta.standard_fields.port.hidden and meta.standard_fields.login.hidden
+    assert meta.extra_fields is not None
+    assert set(meta.extra_fields) >= {"platform", "options", "timeout", "retry"}
+
+
+def test_airflow_providers_get_shows_runbridge() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "airflow", "providers", "get", "runbridge", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    data = json.loads(out[out.index("[") :])
+    assert data[0]["Provider"] == "runbridge"
+
+
+def test_importing_the_provider_imports_neither_prefect_nor_dagster() -> None:
+    code = (
+        "import sys\n"
+        "import runbridge.airflow_provider\n"
+        "from runbridge.airflow_provider import LaunchRunOperator, RunSensor, RunbridgeHook\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'dagster'))\n"
+        "assert not bad, bad\n"
+        "assert 'runbridge.airflow_provider.triggers' not in sys.modules\n"
+        "assert 'runbridge.testing' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# -- the connection ------------------------------------------------------------------------------
+def settings(conn_id: str):  # type: ignore[no-untyped-def]
+    from runbridge.airflow_provider import RunbridgeHook
+
+    return RunbridgeHook(conn_id).settings()
+
+
+def test_a_connection_from_a_uri_environment_variable(
+    rest: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host, _, port = rest.base_url.removeprefix("http://").partition(":")
+    options = quote(json.dumps(REST_CONFIG))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RB_URI",
+        f"runbridge://:{TOKEN}@{host}:{port}/?platform=rest&scheme=http&options={options}",
+    )
+    conf = settings("rb_uri")
+    assert (conf.platform, conf.base_url, conf.token) == ("rest", rest.base_url, TOKEN)
+    assert TOKEN not in repr(conf)
+    with conf.client() as client:
+        ref = client.launch({"job": "etl"})
+        assert client.get(ref).ref == ref
+    assert len(rest.launches) == 1
+
+
+def test_a_connection_whose_host_is_a_url_with_a_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RB_PATH",
+        json.dumps(
+            {
+                "conn_type": "runbridge",
+                "host": "https://api.example.com",
+                "schema": "v2/api",
+                "extra": {"platform": "langgraph"},
+            }
+        ),
+    )
+    conf = settings("rb_path")
+    assert conf.base_url == "https://api.example.com/v2/api" and conf.token is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({}, "names no platform"),
+        ({"platform": "rest", "optoins": {}}, "unknown extra field(s) optoins"),
+        ({"platform": "langgraph", "options": "[1"}, "'options' is not valid JSON"),
+        ({"platform": "langgraph", "timeout": "soon"}, "'timeout' must be a number"),
+        ({"platform": "langgraph", "retry": {"tries": 2}}, "extra 'retry'"),
+    ],
+)
+def test_a_bad_connection_says_what_is_wrong(
+    extra: dict[str, object], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RB_BAD",
+        json.dumps({"conn_type": "runbridge", "host": "http://x.invalid", "extra": extra}),
+    )
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        settings("rb_bad")
+
+
+def test_test_connection(
+    rest: Emulator, langgraph: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runbridge.airflow_provider import RunbridgeHook
+
+    ok, message = RunbridgeHook("rb_rest").test_connection()
+    assert ok and "Connected to rest" in message
+    ok, message = RunbridgeHook("rb_langgraph").test_connection()
+    assert ok and "Connected to langgraph" in message
+    wrong = json.loads(os.environ["AIRFLOW_CONN_RB_REST"]) | {"password": "wrong-token"}
+    monkeypatch.setenv("AIRFLOW_CONN_RB_WRONG", json.dumps(wrong))
+    ok, message = RunbridgeHook("rb_wrong").test_connection()
+    assert not ok and "refused the token" in message and "wrong-token" not in message
+    down = wrong | {"host": "http://127.0.0.1:9"}
+    monkeypatch.setenv("AIRFLOW_CONN_RB_DOWN", json.dumps(down))
+    ok, message = RunbridgeHook("rb_down").test_connection()
+    assert not ok and "Could not use rest" in message
