@@ -359,7 +359,7 @@ def test_emulate_serves_until_interrupted() -> None:
         result = invoke(["launch", '{"job": "nightly"}', "--wait", *FAST], env)
         assert result.exit_code == 0, result.output
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=15)
+        out, err = proc.communicate(timeout=60)  # a safety net on a loaded machine
     finally:
         if proc.poll() is None:
             proc.kill()

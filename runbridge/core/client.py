@@ -283,6 +283,7 @@ class RunClient(_BaseClient):
                     step = flow.throw(self._transport_error(step, exc))
                 else:
                     step = flow.send(response)
+                    del response  # not kept alive while the wait sleeps
         except StopIteration as stop:
             result: T = stop.value
             return result
@@ -364,7 +365,13 @@ class AsyncRunClient(_BaseClient):
             client
             if client is not None
             else httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
+                limits=httpx.Limits(
+                    max_connections=pool,
+                    max_keepalive_connections=pool,
+                    # longer than a poll interval, so a waiting run's connection is reused,
+                    # not closed and reopened (a TLS handshake) between checks
+                    keepalive_expiry=max(60.0, 2 * self.poll.cap),
+                )
             )
         )
         self._in_flight = asyncio.Semaphore(max_in_flight)
@@ -424,6 +431,7 @@ class AsyncRunClient(_BaseClient):
                     step = flow.throw(exc)
                 else:
                     step = flow.send(response)
+                    del response  # not kept alive while the wait sleeps
         except StopIteration as stop:
             result: T = stop.value
             return result

@@ -84,6 +84,7 @@ def serve(
         interface="asgi3",
         backlog=4096,
         timeout_keep_alive=60,
+        timeout_graceful_shutdown=2,  # an emulator need not wait long for open requests
     )
     server = _Server(config)
     thread = threading.Thread(
