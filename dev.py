@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent
 BOOTSTRAP = ROOT / ".dev" / "bootstrap"
 BIN = "Scripts" if os.name == "nt" else "bin"
 EXE = ".exe" if os.name == "nt" else ""
-LINT_PATHS = ("runbridge", "tests", "bench")
+LINT_PATHS = ("runbridge", "tests", "bench", "examples")
 
 
 class DevError(Exception):
