@@ -342,6 +342,9 @@ def test_emulate_serves_until_interrupted() -> None:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "COLUMNS": "200"},
+        # as from a terminal: a child inherits an ignored SIGINT (some orchestrator tests
+        # leave SIGINT ignored in this process), and Python then installs no Ctrl-C handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert proc.stdout is not None
