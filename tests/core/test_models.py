@@ -53,7 +53,7 @@ def test_runref_parse_tolerates_surrounding_whitespace() -> None:
 
 _ids = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
 _scope = st.dictionaries(
-    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=10),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=10),
     st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20),
     max_size=4,
 )
@@ -279,6 +279,7 @@ def test_run_status_to_dict_shape() -> None:
         "created_at": "2024-05-01T12:30:15+00:00",
         "updated_at": "2024-05-01T12:30:20+00:00",
         "ended_at": "2024-05-01T12:30:24.000123+00:00",
+        "cancelled_by_runbridge": False,
     }
 
 
@@ -302,7 +303,7 @@ def test_run_status_validates() -> None:
         RunStatus(ref="rest:1", state=RunState.RUNNING, raw_state="x")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="outputs must be a mapping"):
         make_status(outputs=[1, 2])
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="state must be a RunState"):
         make_status(state="NOT_A_STATE")
     assert make_status(state="SUCCEEDED").state is RunState.SUCCEEDED
 
