@@ -83,9 +83,10 @@ def _is_tty() -> bool:
 
 # -- errors -------------------------------------------------------------------------------------
 def _redact(text: str, secret: str | None) -> str:
-    if secret and len(secret) >= 4:
-        text = text.replace(secret, "***")
-    return text
+    """Every form of ``secret`` (raw, base64, escaped) masked: core's one redaction rule."""
+    from .core.redact import Redactor
+
+    return Redactor([secret]).text(text) if secret else text
 
 
 def _describe(exc: BaseException) -> tuple[int, str]:
@@ -343,7 +344,7 @@ def _common_options(func: F) -> F:
 
 @dataclasses.dataclass(frozen=True)
 class WaitSettings:
-    timeout: float | None
+    wait_timeout: float | None
     run_timeout: float | None
     poll: PollSchedule | None
     use_join: bool
@@ -357,7 +358,7 @@ def _wait_options(func: F) -> F:
     @functools.wraps(func)
     def wrapper(
         *args: Any,
-        timeout: float | None,
+        wait_timeout: float | None,
         run_timeout: float | None,
         poll_first: float | None,
         poll_cap: float | None,
@@ -378,7 +379,7 @@ def _wait_options(func: F) -> F:
                     first = first if poll_first is not None else min(first, cap)
                 poll = PollSchedule(first=first, cap=cap)
             settings = WaitSettings(
-                timeout=timeout,
+                wait_timeout=wait_timeout,
                 run_timeout=run_timeout,
                 poll=poll,
                 use_join=not no_join,
@@ -390,7 +391,9 @@ def _wait_options(func: F) -> F:
     seconds = click.FloatRange(min=0)
     decorators = [
         click.option(
+            "--wait-timeout",
             "--timeout",
+            "wait_timeout",
             type=seconds,
             metavar="S",
             help="Stop waiting after S seconds (exit 3). The run keeps going.",
@@ -644,9 +647,9 @@ def _wait_and_report(
             from rich.live import Live
 
             with Live(view, console=out, refresh_per_second=8, transient=True):
-                status = client.wait(ref, settings.timeout, **kwargs)
+                status = client.wait(ref, settings.wait_timeout, **kwargs)
         else:
-            status = client.wait(ref, settings.timeout, **kwargs)
+            status = client.wait(ref, settings.wait_timeout, **kwargs)
     except WaitTimeout as exc:
         if common.as_json and exc.last_status is not None:
             _print_json(exc.last_status.to_dict())
@@ -782,7 +785,7 @@ def status(common: Common, ref: str) -> None:
 @_wait_options
 @_common_options
 def wait(common: Common, ref: str, wait_settings: WaitSettings) -> None:
-    """Wait for a run to end; exit 0 when it succeeded, 1 when it ended otherwise, 3 on --timeout.
+    """Wait for a run to end; exit 0 when it succeeded, 1 when it ended otherwise, 3 on --wait-timeout.
 
     On a terminal, shows the run live; otherwise prints a line per state change.
     """

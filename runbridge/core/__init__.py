@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from types import GenericAlias
+
 from .client import AsyncRunClient, RunClient
+from .config import ClientConfig
 from .errors import (
     AuthError,
     BadRequest,
@@ -19,14 +22,17 @@ from .errors import (
     RunNotFound,
     TransportError,
     WaitTimeout,
+    retryable,
 )
 from .flows import Event, WaitOptions
-from .http import Exchange, Request, Response, Sleep
+from .http import Exchange, Request, Response, Save, Sleep
 from .inbox import Inbox
 from .models import LaunchSpec, RunRef, RunStatus
+from .planner import Execution, LaunchRecord, Started
 from .providers.base import Provider
 from .registry import available, create_provider, get_provider_class, register
 from .schedule import PollSchedule, RetryPolicy, parse_retry_after
+from .shared import shared_async_client
 from .states import DEFAULT_SUCCESS, TERMINAL, RunState, parse_states
 
 __all__ = [
@@ -35,11 +41,14 @@ __all__ = [
     "AsyncRunClient",
     "AuthError",
     "BadRequest",
+    "ClientConfig",
     "ConfigError",
     "Conflict",
     "Event",
     "Exchange",
+    "Execution",
     "Inbox",
+    "LaunchRecord",
     "LaunchSpec",
     "LaunchUncertain",
     "NotSupported",
@@ -59,7 +68,9 @@ __all__ = [
     "RunState",
     "RunStatus",
     "RunbridgeError",
+    "Save",
     "Sleep",
+    "Started",
     "TransportError",
     "WaitOptions",
     "WaitTimeout",
@@ -69,10 +80,13 @@ __all__ = [
     "parse_retry_after",
     "parse_states",
     "register",
+    "retryable",
+    "shared_async_client",
 ]
 
 for _name in __all__:
     _obj = globals()[_name]
-    if isinstance(_obj, type):
+    # a class, not a generic alias such as Exchange (which 3.10 also calls a type)
+    if isinstance(_obj, type) and not isinstance(_obj, GenericAlias):
         _obj.__module__ = "runbridge"
 del _name, _obj

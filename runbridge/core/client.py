@@ -1,29 +1,52 @@
 """RunClient and AsyncRunClient: the only code that performs I/O.
 
-Everything a client *decides* (retries, the launch safety net, the wait loop) is in the
-sans-IO flows of :mod:`runbridge.core.flows`; ``_BaseClient`` owns configuration, request
-building, error translation and redaction. The two clients add only "send one request" and
-"sleep", and their ``_drive`` loops are kept line-for-line parallel.
+Everything a client *decides* (retries, the launch safety net, re-attach, the wait loop,
+deadlines) is in the sans-IO flows of :mod:`runbridge.core.flows`; ``_BaseClient`` owns
+configuration, request building, the body cap and redaction. The two clients add only "send
+one request", "sleep" and "save a record", and their ``_drive`` loops are kept line-for-line
+parallel.
+
+Two promises are kept here, because only the I/O layer can keep them:
+
+* **A request's deadline is total.** A server that trickles its headers or body a byte at a
+  time never trips a read timeout; the async client bounds the whole exchange with one timer,
+  the sync client's connections read against the request's deadline (a network backend that
+  lowers each socket read's timeout to what is left; see ``_DeadlineBackend``).
+* **Answers are redacted where they enter** (:mod:`runbridge.core.redact`) and capped in size.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import base64
+import contextlib
+import contextvars
+import inspect
+import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
-from datetime import timedelta
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, TypeVar
 
+import httpcore
 import httpx
 
 from .. import __version__
-from .errors import ConfigError, RunbridgeError, TransportError
-from .flows import Event, FlowContext, LongPollUnavailable, WaitOptions
-from .http import Flow, Request, Response, Sleep
+from .config import (
+    DEFAULT_ERROR_WINDOW,
+    DEFAULT_MAX_BODY,
+    DEFAULT_REQUEST_TIMEOUT,
+    check_base_url,
+    seconds,
+)
+from .errors import ConfigError, ProtocolError, TransportError
+from .flows import Event, FlowContext, LongPollUnavailable, WaitOptions, log_event
+from .http import Flow, Request, Response, Save, Sleep
 from .inbox import Inbox
 from .models import LaunchSpec, RunRef, RunStatus
+from .planner import Execution, LaunchPolicy, LaunchRecord, Started
+from .redact import Redactor
 from .registry import available, create_provider
 from .schedule import PollSchedule, RetryPolicy
 from .states import DEFAULT_SUCCESS, RunState, parse_states
@@ -32,20 +55,91 @@ __all__ = ["AsyncRunClient", "RunClient"]
 
 T = TypeVar("T")
 RefLike = RunRef | Mapping[str, Any] | str
-Seconds = float | timedelta
-
-
-def _secs(value: Seconds | None, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"{name} must be a non-negative number of seconds, got {value!r}")
-    return float(value)
-
+Hook = Callable[[Event], None]
+SaveRecord = Callable[[LaunchRecord], Any]
 
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+# -- the sync client's total deadline ------------------------------------------------------------
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "runbridge_request_deadline", default=None
+)
+
+
+def _clamp(timeout: float | None, error: type[Exception]) -> float | None:
+    deadline = _deadline.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise error("the request's deadline has passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _clamp(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _clamp(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        kwargs["timeout"] = _clamp(kwargs.get("timeout"), httpcore.ConnectTimeout)
+        return _DeadlineStream(self._stream.start_tls(*args, **kwargs))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """Every socket operation of a sync request waits at most until the request's deadline
+    (a context variable the driver sets around the request)."""
+
+    def __init__(self, backend: httpcore.NetworkBackend) -> None:
+        self._backend = backend
+
+    def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        kwargs["timeout"] = _clamp(kwargs.get("timeout"), httpcore.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_tcp(*args, **kwargs))
+
+    def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        kwargs["timeout"] = _clamp(kwargs.get("timeout"), httpcore.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_unix_socket(*args, **kwargs))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _deadline_transport(**kwargs: Any) -> httpx.HTTPTransport:
+    """httpx's own transport, its connection pool reading against the request's deadline.
+
+    Uses httpcore's private ``ConnectionPool._network_backend`` (httpcore 1.x); a test pins
+    it (tests/core/test_deadlines.py). Without it, the sync client still checks the deadline
+    between body chunks, but a server trickling its headers could hold a request longer."""
+    transport = httpx.HTTPTransport(**kwargs)
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if isinstance(backend, httpcore.NetworkBackend):
+        pool._network_backend = _DeadlineBackend(backend)  # type: ignore[union-attr]
+    return transport
+
+
+def _carries(value: str, token: str) -> bool:
+    """Whether a header value was made from the token (holds it raw or base64-encoded)."""
+    if token in value:
+        return True
+    try:
+        decoded = base64.b64decode(value.rpartition(" ")[2], validate=True)
+    except ValueError:
+        return False
+    return token.encode() in decoded
 
 
 class _BaseClient:
@@ -57,65 +151,87 @@ class _BaseClient:
         base_url: str,
         token: str | None = None,
         *,
-        timeout: Seconds = 30.0,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         retry: RetryPolicy | None = None,
         poll: PollSchedule | None = None,
+        error_window: float = DEFAULT_ERROR_WINDOW,
+        max_body: int = DEFAULT_MAX_BODY,
         headers: Mapping[str, str] | None = None,
-        hooks: Iterable[Callable[[Event], None]] = (),
+        hooks: Iterable[Hook] = (),
         inbox: Inbox | None = None,
         **options: Any,
     ) -> None:
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
+        self.base_url = check_base_url(base_url)
         if token is not None and not isinstance(token, str):
             raise ConfigError("token must be a string")
         self.provider = create_provider(platform, **options)
         self.platform = self.provider.name
-        self.base_url = base_url.rstrip("/")
         self.provider.base_url = self.base_url
         self._token = token or None
-        self.timeout = _secs(timeout, "timeout") or 0.0
-        if self.timeout <= 0:
-            raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.request_timeout = seconds(request_timeout, "request_timeout", positive=True) or 0.0
+        self.error_window = seconds(error_window, "error_window") or 0.0
+        if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1024:
+            raise ConfigError(f"max_body must be a number of bytes >= 1024, got {max_body!r}")
+        self.max_body = max_body
         self.retry = retry or RetryPolicy()
         self.poll = poll or PollSchedule()
-        self.hooks = list(hooks)
+        self.hooks: list[Hook] = [log_event, *hooks]
         self.inbox = inbox
         self._headers: dict[str, str] = {"user-agent": f"runbridge/{__version__}"}
-        self._secrets: list[str] = []
-        if self._token:
-            auth = self.provider.auth_headers(self._token)
-            self._headers.update(auth)
-            # the token, and what is derived from it (e.g. Basic auth's base64 form)
-            for value in (self._token, *auth.values()):
-                self._secrets += [value, value.rpartition(" ")[2]]
-            self._secrets = sorted({v for v in self._secrets if len(v) >= 4}, key=len, reverse=True)
+        auth = self.provider.auth_headers(self._token) if self._token else {}
+        self._headers.update(auth)
         self._headers.update(headers or {})
+        # the token and every header value made from it (Basic auth's base64 form...), not
+        # the other values auth_headers gives (an organization id is no secret)
+        token_values = [v for v in auth.values() if self._token and _carries(v, self._token)]
+        self._redactor = Redactor([self._token, *token_values] if self._token else [])
 
     def __repr__(self) -> str:
         # never the token
         return f"<{type(self).__name__} {self.platform} {self.base_url}>"
 
     # -- shared pieces used by both drivers ------------------------------------------------
-    def _flows(self) -> FlowContext:
-        return FlowContext(self.provider, self.retry, clock=time.monotonic, hooks=self.hooks)
+    def _flows(self, on_event: Hook | None = None) -> FlowContext:
+        hooks = self.hooks if on_event is None else [*self.hooks, on_event]
+        return FlowContext(
+            self.provider,
+            self.retry,
+            clock=time.monotonic,
+            hooks=hooks,
+            request_timeout=self.request_timeout,
+        )
 
     def _wait_options(
         self,
-        timeout: Seconds | None,
-        run_timeout: Seconds | None,
+        wait_timeout: float | None,
+        run_timeout: float | None,
         poll: PollSchedule | None,
         use_join: bool,
-        error_window: Seconds | None,
+        error_window: float | None,
     ) -> WaitOptions:
-        options = WaitOptions(
-            timeout=_secs(timeout, "timeout"),
-            run_timeout=_secs(run_timeout, "run_timeout"),
+        window = seconds(error_window, "error_window")
+        return WaitOptions(
+            wait_timeout=seconds(wait_timeout, "wait_timeout"),
+            run_timeout=seconds(run_timeout, "run_timeout"),
             poll=poll or self.poll,
             use_join=use_join,
+            error_window=self.error_window if window is None else window,
         )
-        window = _secs(error_window, "error_window")
-        return options if window is None else dataclasses.replace(options, error_window=window)
+
+    @staticmethod
+    def _start_args(
+        key: str,
+        history: Sequence[Execution],
+        relaunch_failed: bool,
+        success: Iterable[RunState | str] | None,
+    ) -> tuple[str, Sequence[Execution], LaunchPolicy]:
+        if not isinstance(key, str) or not key.strip():
+            raise ConfigError("start() needs a non-empty key (the task's identity)")
+        policy = LaunchPolicy(
+            relaunch_failed=bool(relaunch_failed),
+            success=parse_states(success) if success is not None else DEFAULT_SUCCESS,
+        )
+        return key, list(history), policy
 
     def ref(self, run_id: str, **scope: str) -> RunRef:
         """A reference to an existing run of this platform (the sensor case)."""
@@ -131,10 +247,8 @@ class _BaseClient:
         return self.provider.check_ref(RunRef.coerce(ref))
 
     def _httpx_args(self, request: Request) -> dict[str, Any]:
-        timeout = httpx.Timeout(
-            self.timeout if request.timeout is None else request.timeout,
-            connect=min(self.timeout, 10.0),
-        )
+        total = request.timeout if request.timeout is not None else self.request_timeout
+        timeout = httpx.Timeout(total, connect=min(total, 10.0))
         headers = dict(self._headers)
         if request.headers:
             headers.update(request.headers)
@@ -154,20 +268,31 @@ class _BaseClient:
             args["content"] = request.content
         return args
 
-    @staticmethod
-    def _response(
-        request: Request, response: httpx.Response, content: bytes | None = None
-    ) -> Response:
-        return Response(
-            response.status_code,
-            {k.lower(): v for k, v in response.headers.items()},
-            response.content if content is None else content,
-            request,
-        )
+    def _check_size(self, request: Request, response: httpx.Response, size: int) -> None:
+        if size > self.max_body:
+            raise ProtocolError(
+                f"{self.platform}: the answer to {request.method} {request.path} is {size:,} "
+                f"bytes or more, over the client's max_body of {self.max_body:,}",
+                retryable=False,
+            )
+
+    def _declared_size(self, request: Request, response: httpx.Response) -> None:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit():
+            self._check_size(request, response, int(declared))
+
+    def _response(self, request: Request, response: httpx.Response, content: bytes) -> Response:
+        """The answer as the flows see it: redacted, here and only here."""
+        redactor = self._redactor
+        headers = {k.lower(): v for k, v in response.headers.items()}
+        if redactor:
+            content = redactor.bytes(content)
+            headers = {k: redactor.text(v) for k, v in headers.items()}
+        return Response(response.status_code, headers, content, request, datetime.now(timezone.utc))
 
     def _transport_error(self, request: Request, exc: httpx.HTTPError) -> TransportError:
         sent = False if isinstance(exc, _NOT_SENT) else None
-        text = self._redact(str(exc) or type(exc).__name__)
+        text = self.redact(str(exc) or type(exc).__name__)
         return TransportError(
             f"{self.platform}: {request.method} {self.base_url}{request.path} failed: "
             f"{type(exc).__name__}: {text}",
@@ -176,44 +301,17 @@ class _BaseClient:
         )
 
     def redact(self, text: str) -> str:
-        """``text`` with this client's token (and values derived from it) replaced by ``***``;
-        for wrappers that log or store what a platform said."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    _redact = redact
-
-    def _scrub(self, exc: BaseException) -> BaseException:
-        """Remove the token from an error and the errors it wraps, on their way out
-        (a platform may echo a token in an error body)."""
-        seen: set[int] = set()
-        todo: list[BaseException | None] = [exc]
-        while todo:
-            err = todo.pop()
-            if err is None or id(err) in seen:
-                continue
-            seen.add(id(err))
-            if isinstance(err, RunbridgeError):
-                err.message = self._redact(err.message)
-                body = getattr(err, "body", None)
-                if isinstance(body, str):
-                    err.body = self._redact(body)  # type: ignore[attr-defined]
-            err.args = tuple(self._redact(a) if isinstance(a, str) else a for a in err.args)
-            todo += [err.__cause__, err.__context__, getattr(err, "cause", None)]
-        return exc
+        """``text`` with every form of this client's token replaced by ``***``; for wrappers
+        that log or store text that did not come through the client."""
+        return self._redactor.text(text) if self._redactor else text
 
     def _check(
         self, status: RunStatus, check: bool, success: Iterable[RunState | str] | None
     ) -> RunStatus:
         if check:
-            try:
-                status.raise_for_state(
-                    parse_states(success) if success is not None else DEFAULT_SUCCESS
-                )
-            except RunbridgeError as exc:
-                self._scrub(exc)
-                raise
+            status.raise_for_state(
+                parse_states(success) if success is not None else DEFAULT_SUCCESS
+            )
         return status
 
 
@@ -235,7 +333,7 @@ class RunClient(_BaseClient):
     ) -> None:
         super().__init__(platform, base_url, token, **kwargs)
         self._owns_http = client is None
-        self._http = client if client is not None else httpx.Client()
+        self._http = client if client is not None else httpx.Client(transport=_deadline_transport())
 
     def __enter__(self) -> RunClient:
         return self
@@ -254,19 +352,24 @@ class RunClient(_BaseClient):
 
     def _send(self, request: Request) -> Response:
         args = self._httpx_args(request)
-        if not (request.long_poll and request.timeout is not None):
-            return self._response(request, self._http.request(**args))
-        # A long poll may be kept alive by heartbeats forever: enforce its total time here.
-        end = time.monotonic() + request.timeout
-        with self._http.stream(**args) as response:
-            chunks = []
-            for chunk in response.iter_bytes():
-                chunks.append(chunk)
-                if time.monotonic() > end:
-                    raise httpx.ReadTimeout("long poll ran out of time", request=response.request)
-            return self._response(request, response, b"".join(chunks))
+        budget = request.timeout if request.timeout is not None else self.request_timeout
+        end = time.monotonic() + budget
+        token = _deadline.set(end)
+        try:
+            with self._http.stream(**args) as response:
+                self._declared_size(request, response)
+                chunks, size = [], 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    self._check_size(request, response, size)
+                    chunks.append(chunk)
+                    if time.monotonic() > end:
+                        raise httpx.ReadTimeout("the request ran out of time")
+                return self._response(request, response, b"".join(chunks))
+        finally:
+            _deadline.reset(token)
 
-    def _drive(self, flow: Flow[T]) -> T:
+    def _drive(self, flow: Flow[T], save: SaveRecord | None = None) -> T:
         try:
             step = next(flow)
             while True:
@@ -277,34 +380,61 @@ class RunClient(_BaseClient):
                         time.sleep(step.seconds)
                         step = flow.send(None)
                     continue
+                if isinstance(step, Save):
+                    if save is not None:
+                        save(step.record)
+                    step = flow.send(None)
+                    continue
                 try:
                     response = self._send(step)
                 except httpx.HTTPError as exc:
                     step = flow.throw(self._transport_error(step, exc))
+                except ProtocolError as exc:
+                    step = flow.throw(exc)
                 else:
                     step = flow.send(response)
                     del response  # not kept alive while the wait sleeps
         except StopIteration as stop:
             result: T = stop.value
             return result
-        except RunbridgeError as exc:
-            self._scrub(exc)
-            raise
         finally:
             flow.close()
 
     def launch(
-        self, params: Mapping[str, Any], *, key: str | None = None, reuse: bool = True
+        self,
+        params: Mapping[str, Any],
+        *,
+        key: str | None = None,
+        reuse: bool = True,
+        on_event: Hook | None = None,
     ) -> RunRef:
         """Start a run. With ``key`` (an idempotency key), a platform that supports it returns
         the run already launched with that key (``reuse``) and retries safely."""
-        return self._drive(self._flows().launch(LaunchSpec(params, key), reuse=reuse))
+        return self._drive(self._flows(on_event).launch(LaunchSpec(params, key), reuse=reuse))
 
-    def get(self, ref: RefLike) -> RunStatus:
-        return self._drive(self._flows().get(self._coerce(ref)))
+    def start(
+        self,
+        params: Mapping[str, Any],
+        *,
+        key: str,
+        history: Sequence[Execution] = (),
+        save: SaveRecord | None = None,
+        relaunch_failed: bool = False,
+        success: Iterable[RunState | str] | None = None,
+        on_event: Hook | None = None,
+    ) -> Started:
+        """Re-attach to the run an earlier attempt of this task launched, or launch one: the
+        wrappers' shared policy (core/planner.py). ``key`` is the task's identity, ``history``
+        what its record store holds (newest execution first), ``save`` writes a record."""
+        base, runs, policy = self._start_args(key, history, relaunch_failed, success)
+        flow = self._flows(on_event).start(LaunchSpec(params).params, base, runs, policy)
+        return self._drive(flow, save)
 
-    def cancel(self, ref: RefLike) -> None:
-        self._drive(self._flows().cancel(self._coerce(ref)))
+    def get(self, ref: RefLike, *, on_event: Hook | None = None) -> RunStatus:
+        return self._drive(self._flows(on_event).get(self._coerce(ref)))
+
+    def cancel(self, ref: RefLike, *, on_event: Hook | None = None) -> None:
+        self._drive(self._flows(on_event).cancel(self._coerce(ref)))
 
     def list(self, *, limit: int | None = 100, **filters: Any) -> list[RunStatus]:
         """Runs on the platform (where its API lists them), at most ``limit``."""
@@ -313,28 +443,31 @@ class RunClient(_BaseClient):
     def wait(
         self,
         ref: RefLike,
-        timeout: Seconds | None = None,
+        wait_timeout: float | None = None,
         *,
-        run_timeout: Seconds | None = None,
+        run_timeout: float | None = None,
         poll: PollSchedule | None = None,
         use_join: bool = True,
-        error_window: Seconds | None = None,
+        error_window: float | None = None,
         check: bool = False,
         success: Iterable[RunState | str] | None = None,
+        on_event: Hook | None = None,
     ) -> RunStatus:
         """Wait for the run to end and return its terminal status.
 
-        Raises WaitTimeout after ``timeout`` seconds (the run keeps going); cancels the run once
-        it is ``run_timeout`` old. A failed run is returned, not raised, unless ``check=True``.
+        Raises WaitTimeout once ``wait_timeout`` seconds have passed (the run keeps going);
+        cancels the run once it is ``run_timeout`` old (``status.cancelled_by_runbridge``). A
+        failed run is returned, not raised, unless ``check=True``.
         """
-        options = self._wait_options(timeout, run_timeout, poll, use_join, error_window)
-        status = self._drive(self._flows().wait(self._coerce(ref), options))
+        options = self._wait_options(wait_timeout, run_timeout, poll, use_join, error_window)
+        status = self._drive(self._flows(on_event).wait(self._coerce(ref), options))
         return self._check(status, check, success)
 
     def launch_and_wait(
         self, params: Mapping[str, Any], *, key: str | None = None, **wait_kwargs: Any
     ) -> RunStatus:
-        return self.wait(self.launch(params, key=key), **wait_kwargs)
+        on_event = wait_kwargs.get("on_event")
+        return self.wait(self.launch(params, key=key, on_event=on_event), **wait_kwargs)
 
 
 class AsyncRunClient(_BaseClient):
@@ -393,26 +526,31 @@ class AsyncRunClient(_BaseClient):
         if self._owns_http:
             await self._http.aclose()
 
+    async def _exchange(self, request: Request) -> Response:
+        async with self._http.stream(**self._httpx_args(request)) as response:
+            self._declared_size(request, response)
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                self._check_size(request, response, size)
+                chunks.append(chunk)
+            return self._response(request, response, b"".join(chunks))
+
     async def _send(self, request: Request) -> Response:
+        budget = request.timeout if request.timeout is not None else self.request_timeout
         if request.long_poll:
             if self._long_polls >= self._max_long_polls:
                 raise LongPollUnavailable("too many blocking calls open")
             self._long_polls += 1
             try:
-                # heartbeats may keep a long poll alive forever: bound its total time
-                response = await asyncio.wait_for(
-                    self._http.request(**self._httpx_args(request)), request.timeout
-                )
-            except asyncio.TimeoutError:
-                raise httpx.ReadTimeout("long poll ran out of time") from None
+                async with _time_limit(budget):
+                    return await self._exchange(request)
             finally:
                 self._long_polls -= 1
-        else:
-            async with self._in_flight:
-                response = await self._http.request(**self._httpx_args(request))
-        return self._response(request, response)
+        async with self._in_flight, _time_limit(budget):
+            return await self._exchange(request)
 
-    async def _drive(self, flow: Flow[T]) -> T:
+    async def _drive(self, flow: Flow[T], save: SaveRecord | None = None) -> T:
         try:
             step = next(flow)
             while True:
@@ -423,11 +561,18 @@ class AsyncRunClient(_BaseClient):
                         await asyncio.sleep(step.seconds)
                         step = flow.send(None)
                     continue
+                if isinstance(step, Save):
+                    if save is not None:
+                        saved = save(step.record)
+                        if inspect.isawaitable(saved):
+                            await saved
+                    step = flow.send(None)
+                    continue
                 try:
                     response = await self._send(step)
                 except httpx.HTTPError as exc:
                     step = flow.throw(self._transport_error(step, exc))
-                except LongPollUnavailable as exc:
+                except (LongPollUnavailable, ProtocolError) as exc:
                     step = flow.throw(exc)
                 else:
                     step = flow.send(response)
@@ -435,22 +580,39 @@ class AsyncRunClient(_BaseClient):
         except StopIteration as stop:
             result: T = stop.value
             return result
-        except RunbridgeError as exc:
-            self._scrub(exc)
-            raise
         finally:
             flow.close()
 
     async def launch(
-        self, params: Mapping[str, Any], *, key: str | None = None, reuse: bool = True
+        self,
+        params: Mapping[str, Any],
+        *,
+        key: str | None = None,
+        reuse: bool = True,
+        on_event: Hook | None = None,
     ) -> RunRef:
-        return await self._drive(self._flows().launch(LaunchSpec(params, key), reuse=reuse))
+        return await self._drive(self._flows(on_event).launch(LaunchSpec(params, key), reuse=reuse))
 
-    async def get(self, ref: RefLike) -> RunStatus:
-        return await self._drive(self._flows().get(self._coerce(ref)))
+    async def start(
+        self,
+        params: Mapping[str, Any],
+        *,
+        key: str,
+        history: Sequence[Execution] = (),
+        save: SaveRecord | None = None,
+        relaunch_failed: bool = False,
+        success: Iterable[RunState | str] | None = None,
+        on_event: Hook | None = None,
+    ) -> Started:
+        base, runs, policy = self._start_args(key, history, relaunch_failed, success)
+        flow = self._flows(on_event).start(LaunchSpec(params).params, base, runs, policy)
+        return await self._drive(flow, save)
 
-    async def cancel(self, ref: RefLike) -> None:
-        await self._drive(self._flows().cancel(self._coerce(ref)))
+    async def get(self, ref: RefLike, *, on_event: Hook | None = None) -> RunStatus:
+        return await self._drive(self._flows(on_event).get(self._coerce(ref)))
+
+    async def cancel(self, ref: RefLike, *, on_event: Hook | None = None) -> None:
+        await self._drive(self._flows(on_event).cancel(self._coerce(ref)))
 
     async def list(self, *, limit: int | None = 100, **filters: Any) -> list[RunStatus]:
         return await self._drive(self._flows().list(limit, **filters))
@@ -458,20 +620,55 @@ class AsyncRunClient(_BaseClient):
     async def wait(
         self,
         ref: RefLike,
-        timeout: Seconds | None = None,
+        wait_timeout: float | None = None,
         *,
-        run_timeout: Seconds | None = None,
+        run_timeout: float | None = None,
         poll: PollSchedule | None = None,
         use_join: bool = True,
-        error_window: Seconds | None = None,
+        error_window: float | None = None,
         check: bool = False,
         success: Iterable[RunState | str] | None = None,
+        on_event: Hook | None = None,
     ) -> RunStatus:
-        options = self._wait_options(timeout, run_timeout, poll, use_join, error_window)
-        status = await self._drive(self._flows().wait(self._coerce(ref), options))
+        options = self._wait_options(wait_timeout, run_timeout, poll, use_join, error_window)
+        status = await self._drive(self._flows(on_event).wait(self._coerce(ref), options))
         return self._check(status, check, success)
 
     async def launch_and_wait(
         self, params: Mapping[str, Any], *, key: str | None = None, **wait_kwargs: Any
     ) -> RunStatus:
-        return await self.wait(await self.launch(params, key=key), **wait_kwargs)
+        on_event = wait_kwargs.get("on_event")
+        ref = await self.launch(params, key=key, on_event=on_event)
+        return await self.wait(ref, **wait_kwargs)
+
+
+@contextlib.asynccontextmanager
+async def _time_limit(seconds: float) -> AsyncIterator[None]:
+    """Bound a whole request (connect, headers, every byte of the body): a timeout is an
+    ``httpx.ReadTimeout``, as if the server had gone quiet."""
+    if sys.version_info >= (3, 11):
+        try:
+            async with asyncio.timeout(seconds):
+                yield
+        except TimeoutError:
+            raise httpx.ReadTimeout("the request ran out of time") from None
+    else:  # pragma: no cover - Python 3.10
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        handle = loop.call_later(seconds, expire)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if expired:
+                raise httpx.ReadTimeout("the request ran out of time") from None
+            raise
+        finally:
+            handle.cancel()

@@ -14,12 +14,16 @@
     │   ├── RateLimited       429            (retried, honouring Retry-After)
     │   └── PlatformUnavailable  408, 5xx    (retried)
     ├── ProtocolError                        the platform answered something we cannot read
+    │                                        (retried: a proxy's garbled page passes)
     ├── LaunchUncertain                      a launch may or may not have created a run
     ├── WaitTimeout                          the wait deadline passed; carries the last status
     └── RunFailed                            a terminal state that is not a success; carries it
 
-Retryability is a property of the class (``retryable``), decided here once. Messages
-never contain secrets: the drivers redact tokens from every text they put in an error.
+Retryability is decided here once: :func:`retryable` (the ``retryable`` attribute of the
+class, which an instance may override). It is what a request's retry loop, a wait's
+transient-error window and a wrapper's "is this worth another try" all read. Messages never
+contain secrets: the client redacts every answer where it enters runbridge (see
+``runbridge.core.redact``), so nothing made from it can carry a token.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
     from .models import RunStatus
 
 __all__ = [
+    "TRANSIENT",
     "AuthError",
     "BadRequest",
     "ConfigError",
@@ -46,6 +51,7 @@ __all__ = [
     "TransportError",
     "WaitTimeout",
     "error_for_status",
+    "retryable",
 ]
 
 
@@ -141,7 +147,18 @@ class PlatformUnavailable(PlatformError):
 
 
 class ProtocolError(RunbridgeError):
-    """The platform answered, but not in a shape the provider understands."""
+    """The platform answered, but not in a shape the provider understands (a truncated or
+    garbled body, a proxy's error page, a field of the wrong type, an answer over the size cap).
+
+    Retryable by default: a garbled answer is usually a passing fault of the network or a
+    proxy; an answer too large to read is not (``retryable=False``)."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable  # type: ignore[misc]
 
 
 class LaunchUncertain(RunbridgeError):
@@ -152,9 +169,21 @@ class LaunchUncertain(RunbridgeError):
     runbridge can look the run up and retry safely.
     """
 
-    def __init__(self, message: str, *, cause: RunbridgeError) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        cause: RunbridgeError,
+        key: str | None = None,
+        answer: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.cause = cause
+        self.key = key
+        """The launch's idempotency key (runbridge's automatic one included): what to look
+        for on the platform, or to launch again with where the platform deduplicates by it."""
+        self.answer = answer
+        """What the platform's answer held, when it answered something unreadable (an excerpt)."""
 
 
 class WaitTimeout(RunbridgeError):
@@ -192,3 +221,17 @@ def error_for_status(status_code: int) -> type[PlatformError]:
     if status_code >= 500:
         return PlatformUnavailable
     return BadRequest if 400 <= status_code < 500 else PlatformError
+
+
+TRANSIENT: tuple[type[RunbridgeError], ...] = (
+    TransportError,
+    PlatformUnavailable,
+    RateLimited,
+    ProtocolError,
+)
+"""The classes that are retryable by default (what a wait tolerates for its error window)."""
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether trying the same thing again may succeed: the one retry classification."""
+    return isinstance(exc, RunbridgeError) and bool(exc.retryable)

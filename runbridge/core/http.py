@@ -19,11 +19,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Generator, Mapping
+from datetime import datetime
 from typing import Any, TypeVar, Union
 
 from .errors import ConfigError, ProtocolError
 
-__all__ = ["Exchange", "Request", "Response", "Sleep", "Step"]
+__all__ = ["Exchange", "Request", "Response", "Save", "Sleep", "Step"]
 
 T = TypeVar("T")
 
@@ -42,7 +43,9 @@ class Request:
     headers: Mapping[str, str] | None = None
     content: bytes | None = None
     timeout: float | None = None
-    """Read timeout for this request; None uses the client's."""
+    """The most this request may take in all (connect, send, every byte of the answer); None
+    uses the client's ``request_timeout``. The flow lowers it to what is left of the
+    operation's deadline before the request is sent. For a long poll: how long to hold it."""
     retry: bool | None = None
     """May the driver resend it after a retryable failure? None: only idempotent methods."""
     long_poll: bool = False
@@ -74,6 +77,9 @@ class Response:
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
     content: bytes = b""
     request: Request | None = None
+    received_at: datetime | None = None
+    """When the driver received it (wall clock), for reading an HTTP-date ``Retry-After``
+    without a provider reading a clock."""
 
     @property
     def ok(self) -> bool:
@@ -110,7 +116,15 @@ class Sleep:
     the driver then sends the delivered status back into the flow."""
 
 
-Step = Union[Request, Sleep]  # noqa: UP007 (a runtime alias on Python 3.10)
+@dataclasses.dataclass(frozen=True)
+class Save:
+    """Ask the driver to hand ``record`` (a ``planner.LaunchRecord``) to the caller's record
+    store before the flow goes on (a launch is recorded before and after it happens)."""
+
+    record: Any
+
+
+Step = Union[Request, Sleep, Save]  # noqa: UP007 (a runtime alias on Python 3.10)
 Exchange = Generator[Request, Response, T]
 """A provider operation: yields requests, is sent responses, returns ``T``."""
 Flow = Generator[Step, Any, T]

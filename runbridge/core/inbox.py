@@ -14,12 +14,17 @@ the fallback: a lost delivery costs at most one poll interval, never a stuck wai
 
 ``deliver`` is thread-safe: it may be called from a web server's thread while sync waits
 block in another, or async waits run in an event loop.
+
+A delivery is a hint, never a verdict: the wait it wakes *consumes* it and confirms with a
+status check, so a stale or forged delivery costs one request, not a busy loop; the inbox keeps
+at most ``max_pending`` undelivered statuses (the oldest are dropped first).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections import OrderedDict
 from collections.abc import Hashable
 
 from .models import RunRef, RunStatus
@@ -34,9 +39,12 @@ def _key(ref: RunRef) -> Hashable:
 class Inbox:
     """Delivered statuses by run, and the waits sleeping on them."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_pending: int = 10_000) -> None:
+        if not isinstance(max_pending, int) or max_pending < 1:
+            raise ValueError(f"max_pending must be a positive integer, got {max_pending!r}")
+        self.max_pending = max_pending
         self._lock = threading.Lock()
-        self._statuses: dict[Hashable, RunStatus] = {}
+        self._statuses: OrderedDict[Hashable, RunStatus] = OrderedDict()
         self._cond = threading.Condition(self._lock)
         self._futures: dict[
             Hashable, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]
@@ -47,28 +55,37 @@ class Inbox:
         key = _key(status.ref)
         with self._lock:
             self._statuses[key] = status
+            self._statuses.move_to_end(key)
+            while len(self._statuses) > self.max_pending:
+                self._statuses.popitem(last=False)
             self._cond.notify_all()
             waiters = self._futures.pop(key, [])
         for loop, future in waiters:
             loop.call_soon_threadsafe(_resolve, future)
 
     def take(self, ref: RunRef) -> RunStatus | None:
-        """The status delivered for ``ref``, if any (it stays available to other waits)."""
+        """The status delivered for ``ref``, if any, removed from the inbox (consumed)."""
         with self._lock:
-            return self._statuses.get(_key(ref))
+            return self._statuses.pop(_key(ref), None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._statuses)
 
     def forget(self, ref: RunRef) -> None:
         with self._lock:
             self._statuses.pop(_key(ref), None)
 
     def sleep(self, ref: RunRef, seconds: float) -> RunStatus | None:
-        """Block up to ``seconds``; return early with a delivered terminal status."""
+        """Block up to ``seconds``; return early with a delivered terminal status, consumed."""
         key = _key(ref)
         with self._cond:
             self._cond.wait_for(
                 lambda: _terminal(self._statuses.get(key)), timeout=max(0.0, seconds)
             )
             status = self._statuses.get(key)
+            if _terminal(status):
+                del self._statuses[key]
         return status if _terminal(status) else None
 
     async def sleep_async(self, ref: RunRef, seconds: float) -> RunStatus | None:
@@ -92,7 +109,10 @@ class Inbox:
                         entries.remove((loop, future))
                     if not entries:
                         self._futures.pop(key, None)
-            status = self.take(ref)
+        with self._lock:
+            status = self._statuses.get(key)
+            if _terminal(status):
+                del self._statuses[key]
         return status if _terminal(status) else None
 
 

@@ -131,10 +131,11 @@ class RetryPolicy:
         return cls(attempts=1)
 
 
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+def parse_retry_after(value: str | None, now: datetime | None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date.
 
-    Returns None when absent or unreadable; a date in the past gives 0.
+    Returns None when absent or unreadable; a date in the past gives 0. A date needs ``now``
+    (this function never reads a clock): without it, a date form gives None.
     """
     if value is None:
         return None
@@ -153,5 +154,6 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
-    now = now or datetime.now(timezone.utc)
+    if now is None:
+        return None
     return max(0.0, (when - now).total_seconds())

@@ -27,7 +27,7 @@ from runbridge.core.errors import (
     TransportError,
     WaitTimeout,
 )
-from runbridge.core.flows import Event, FlowContext, LongPollUnavailable, WaitOptions
+from runbridge.core.flows import Event, FlowContext, LongPollUnavailable, WaitOptions, log_event
 from runbridge.core.http import Exchange, Request
 from runbridge.core.models import LaunchSpec, RunRef, RunStatus, parse_time
 from runbridge.core.providers.base import Provider
@@ -71,7 +71,7 @@ class Setup:
             clock=self.clock,
             wall=self.clock.wall,
             rand=lambda: 0.5,
-            hooks=[self.events.append],
+            hooks=[log_event, self.events.append],
         )
 
     def driver(self, *answers: Any) -> FlowDriver:
@@ -629,7 +629,7 @@ def test_wait_timeout_carries_the_last_status() -> None:
     s = Setup()
     driver = s.driver(ok("queued"), ok("queued"), ok("running"), ok("running"))
     with pytest.raises(WaitTimeout) as info:
-        driver.run(wait(s, timeout=5.0, poll=PollSchedule.fixed(2.0)))
+        driver.run(wait(s, wait_timeout=5.0, poll=PollSchedule.fixed(2.0)))
     # checks at t=0, 2, 4 and at the deadline, t=5 (the last sleep is cut to fit)
     assert driver.sleeps == [2.0, 2.0, 1.0]
     assert info.value.last_status is not None
@@ -644,7 +644,7 @@ def test_wait_timeout_with_no_successful_check_has_no_last_status() -> None:
     s = Setup(retry=RetryPolicy.none())
     driver = s.driver(reply(503), reply(503))
     with pytest.raises(WaitTimeout) as info:
-        driver.run(wait(s, timeout=1.0, poll=PollSchedule.fixed(1.0)))
+        driver.run(wait(s, wait_timeout=1.0, poll=PollSchedule.fixed(1.0)))
     assert info.value.last_status is None
     assert "still unknown" in str(info.value)
 
@@ -673,8 +673,8 @@ def test_run_timeout_without_created_at_counts_from_the_start_of_the_wait() -> N
     driver.answers += [reply(202, {}), job("running"), job("cancelled")]
     status = driver.run(wait(s, JOBS_REF, run_timeout=5.0, poll=PollSchedule.fixed(2.0)))
     assert status.state is RunState.TIMED_OUT
-    # the third sleep is cut so the check falls just after run_timeout
-    assert driver.sleeps == pytest.approx([2.0, 2.0, 1.01, 2.0])
+    # the third sleep is cut so the check falls when run_timeout does
+    assert driver.sleeps == pytest.approx([2.0, 2.0, 1.0, 2.0])
     assert "POST /runs/j-1/cancel" in driver.calls
 
 
@@ -735,7 +735,7 @@ def test_run_timeout_cancel_that_never_takes_ends_at_the_wait_deadline() -> None
             wait(
                 s,
                 JOBS_REF,
-                timeout=20.0,
+                wait_timeout=20.0,
                 run_timeout=60.0,
                 cancel_grace=30.0,
                 poll=PollSchedule.fixed(5.0),
@@ -751,7 +751,7 @@ def test_run_timeout_cancel_that_never_takes_ends_at_the_wait_deadline() -> None
 def test_wait_uses_join_when_the_provider_has_one() -> None:
     s = Setup(Jobs(join=True))
     driver = s.driver(job("running"), job("done"))
-    status = driver.run(wait(s, JOBS_REF, timeout=100.0))
+    status = driver.run(wait(s, JOBS_REF, wait_timeout=100.0))
     assert status.state is RunState.SUCCEEDED
     requests = driver.requests
     assert [r.path for r in requests] == ["/runs/j-1", "/runs/j-1/join"]
@@ -786,7 +786,7 @@ def test_a_join_timeout_is_not_retried_past_the_wait_deadline() -> None:
     driver = s.driver(job("running"))
     driver.answers += [took(25.0, TransportError("read timed out", timeout=True))] * 5
     with pytest.raises(WaitTimeout):
-        driver.run(wait(s, JOBS_REF, timeout=21.0), check_all_used=False)
+        driver.run(wait(s, JOBS_REF, wait_timeout=21.0), check_all_used=False)
     assert [r.path for r in driver.requests] == ["/runs/j-1", "/runs/j-1/join"]
 
 
@@ -820,7 +820,7 @@ def test_no_join_when_less_than_half_a_second_remains() -> None:
     s = Setup(Jobs(join=True))
     driver = s.driver(job("running"), job("running"), job("running"), job("running"))
     with pytest.raises(WaitTimeout):
-        driver.run(wait(s, JOBS_REF, timeout=1.3, poll=PollSchedule.fixed(1.0)))
+        driver.run(wait(s, JOBS_REF, wait_timeout=1.3, poll=PollSchedule.fixed(1.0)))
     # the first status check goes straight to a join (no sleep); a join answering at once is
     # followed by a poll interval, after which only 0.3 s remain: too little for a long poll
     assert driver.calls == [

@@ -34,7 +34,7 @@ def quick_client_options() -> dict[str, Any]:
     return {
         "poll": PollSchedule.fixed(0.05),
         "retry": RetryPolicy(attempts=4, first=0.02, cap=0.1, jitter=0.0),
-        "timeout": 5.0,
+        "request_timeout": 5.0,
     }
 
 

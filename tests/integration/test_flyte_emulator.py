@@ -65,7 +65,7 @@ async def test_launch_and_wait_on_one_watch_stream(
     ref = await client.launch(LAUNCH, key="dag.task.2026-11-25.0")
     assert ref.id == run_name_for_key("dag.task.2026-11-25.0")
     assert ref.scope == {"project": PROJECT, "domain": DOMAIN}
-    status = await client.wait(ref, timeout=10, check=True)
+    status = await client.wait(ref, wait_timeout=10, check=True)
     assert (status.state, status.raw_state) == (RunState.SUCCEEDED, "ACTION_PHASE_SUCCEEDED")
     assert status.outputs["values"] == {"o0": 42, "o1": ["a", "b"]}
     assert status.outputs["uri"].endswith(f"/{ref.id}/a0/1/outputs.pb")
@@ -95,18 +95,18 @@ async def test_ends_unsuccessfully_with_the_platform_message(
     emu: FlyteEmulator, client: ClientUnderTest, final: str, state: RunState, message: str
 ) -> None:
     emu.script(Script([("running", 0.1)], final=final, message="executor lost"))
-    status = await client.launch_and_wait(LAUNCH, timeout=10)
+    status = await client.launch_and_wait(LAUNCH, wait_timeout=10)
     assert (status.state, status.message) == (state, message)
     assert "values" not in status.outputs
     with pytest.raises(RunFailed, match="executor lost"):
-        await client.wait(status.ref, timeout=10, check=True)
+        await client.wait(status.ref, wait_timeout=10, check=True)
 
 
 async def test_cancel_aborts_the_run(emu: FlyteEmulator, client: ClientUnderTest) -> None:
     emu.script(LONG)
     ref = await client.launch(LAUNCH)
     await client.cancel(ref)
-    status = await client.wait(ref, timeout=10)
+    status = await client.wait(ref, wait_timeout=10)
     assert (status.state, status.raw_state) == (RunState.CANCELLED, "ACTION_PHASE_ABORTED")
     assert status.message == "aborted: aborted by runbridge"
     assert emu.cancels == [ref.id]
@@ -119,7 +119,7 @@ async def test_run_timeout_aborts_and_reports_timed_out(
 ) -> None:
     emu.script(LONG)
     ref = await client.launch(LAUNCH)
-    status = await client.wait(ref, timeout=10, run_timeout=0.3)
+    status = await client.wait(ref, wait_timeout=10, run_timeout=0.3)
     assert status.state is RunState.TIMED_OUT
     assert status.raw_state == "ACTION_PHASE_ABORTED"
     assert "run_timeout=0.3s" in (status.message or "")
@@ -132,7 +132,7 @@ async def test_wait_timeout_leaves_the_run_going(
     emu.script(LONG)
     ref = await client.launch(LAUNCH)
     with pytest.raises(WaitTimeout) as info:
-        await client.wait(ref, timeout=1.0)
+        await client.wait(ref, wait_timeout=1.0)
     assert info.value.last_status is not None
     assert info.value.last_status.state in (RunState.PENDING, RunState.RUNNING)
     assert emu.cancels == []
@@ -145,14 +145,14 @@ async def test_an_existing_run_is_waited_for_by_name(
     run = emu.add_run(QUICK, project=PROJECT, domain=DOMAIN)  # launched elsewhere: the sensor case
     ref = client.ref(run.id)
     assert ref.scope == {"project": PROJECT, "domain": DOMAIN}
-    status = await client.wait(ref, timeout=10)
+    status = await client.wait(ref, wait_timeout=10)
     assert status.state is RunState.SUCCEEDED and status.ref == ref
 
 
 async def test_polling_without_the_watch(emu: FlyteEmulator, client: ClientUnderTest) -> None:
     emu.script(QUICK)
     ref = await client.launch(LAUNCH)
-    status = await client.wait(ref, timeout=10, use_join=False)
+    status = await client.wait(ref, wait_timeout=10, use_join=False)
     assert status.state is RunState.SUCCEEDED
     assert calls(emu, "WatchActionDetails") == 0
     assert calls(emu, "GetRunDetails") >= 2
@@ -164,7 +164,7 @@ async def test_streams_closed_early_by_a_proxy_are_reopened(
     emu = relay.swap(FlyteEmulator(token=TOKEN, stream_limit=0.05))
     emu.script(Script([("queued", 0.1), ("running", 0.3)]))
     ref = await client.launch(LAUNCH)
-    status = await client.wait(ref, timeout=10)
+    status = await client.wait(ref, wait_timeout=10)
     assert status.state is RunState.SUCCEEDED
     assert calls(emu, "WatchActionDetails") >= 2
 
@@ -188,7 +188,7 @@ async def test_lost_launch_answer_launches_once(
     ref = await client.launch(LAUNCH, key="dag.task.lost.0")
     assert len(emu.launches) == 1 and calls(emu, "CreateRun") == 1
     assert ref.id == run_name_for_key("dag.task.lost.0")
-    assert (await client.wait(ref, timeout=10)).state is RunState.SUCCEEDED
+    assert (await client.wait(ref, wait_timeout=10)).state is RunState.SUCCEEDED
 
 
 async def test_a_name_taken_on_retry_is_found_not_duplicated(
@@ -235,14 +235,14 @@ async def test_unknown_run_is_run_not_found(emu: FlyteEmulator, client: ClientUn
     with pytest.raises(RunNotFound, match="run not found: flytesnacks/development/no-such-run"):
         await client.get(client.ref("no-such-run"))
     with pytest.raises(RunNotFound):
-        await client.wait(client.ref("no-such-run"), timeout=5)
+        await client.wait(client.ref("no-such-run"), wait_timeout=5)
 
 
 async def test_status_rides_out_503s(emu: FlyteEmulator, client: ClientUnderTest) -> None:
     emu.script(QUICK)
     ref = await client.launch(LAUNCH)
     emu.inject(Fault(kind="status", status=503, times=2, path="/GetRunDetails"))
-    status = await client.wait(ref, timeout=10)
+    status = await client.wait(ref, wait_timeout=10)
     assert status.state is RunState.SUCCEEDED
     assert emu.faults == []
 

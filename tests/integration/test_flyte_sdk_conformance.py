@@ -108,7 +108,7 @@ def test_both_read_the_same_run_from_queued_to_outputs(
     assert status.state is RunState.PENDING
     assert status.url == sdk_run.url
     sdk_run.wait(quiet=True)  # the SDK's watch: WatchActionDetails as a connect+proto stream
-    final = client.wait(status.ref, timeout=10)
+    final = client.wait(status.ref, wait_timeout=10)
     assert phase(sdk_run) == final.raw_state == "ACTION_PHASE_SUCCEEDED"
     assert sdk_run.done() and final.state is RunState.SUCCEEDED
     outputs = sdk_run.outputs()  # SelectCluster, then DataProxyService/GetActionData
@@ -122,7 +122,7 @@ def test_both_read_the_same_run_from_queued_to_outputs(
 def test_a_failed_run_has_the_same_error(emu: FlyteEmulator, client: RunClient) -> None:
     emu.script(Script([("running", 0.05)], final="failed", message="ValueError: bad row"))
     run = emu.add_run(project=PROJECT, domain=DOMAIN)
-    status = client.wait(client.ref(run.id), timeout=10)
+    status = client.wait(client.ref(run.id), wait_timeout=10)
     details = flyte.remote.Run.get(run.id).details()
     assert details.done()
     assert status.state is RunState.FAILED
@@ -412,7 +412,7 @@ def test_runbridge_speaks_connect_json_to_the_generated_flyteidl2_server() -> No
         with RunClient("flyte", url, project=PROJECT, domain=DOMAIN, version="v1") as rb:
             ref = rb.launch({"task": "wf.main", "inputs": {"n": 1}}, key="real-connect")
             assert rb.get(ref).raw_state == "ACTION_PHASE_QUEUED"
-            final = rb.wait(ref, timeout=10)  # one WatchActionDetails stream, JSON envelopes
+            final = rb.wait(ref, wait_timeout=10)  # one WatchActionDetails stream, JSON envelopes
             assert (final.state, final.raw_state) == (RunState.FAILED, "ACTION_PHASE_FAILED")
             rb.cancel(ref)
             assert aborted == ["aborted by runbridge"] and rb.get(ref).state is RunState.CANCELLED

@@ -44,7 +44,7 @@ async def client(request: pytest.FixtureRequest, emu: Emulator) -> Any:
         TOKEN,
         poll=PollSchedule.fixed(0.05),
         retry=RetryPolicy(attempts=4, first=0.02, cap=0.1, jitter=0.0),
-        timeout=5.0,
+        request_timeout=5.0,
     )
     yield made
     await made.close()
@@ -74,7 +74,7 @@ async def test_each_terminal_state(
     emu.script(
         Script([("pending", 0.05), ("running", 0.3)], final=final, message="the tool failed")
     )
-    status = await client.launch_and_wait(AGENT, timeout=20, use_join=use_join)
+    status = await client.launch_and_wait(AGENT, wait_timeout=20, use_join=use_join)
     assert status.state is state
     assert status.raw_state == final
     if message:
@@ -88,7 +88,7 @@ async def test_cancel_interrupts(emu: Emulator, client: ClientUnderTest) -> None
     emu.script(Script([("running", 30.0)]))
     ref: RunRef = await client.launch(AGENT)
     await client.cancel(ref)
-    status = await client.wait(ref, timeout=10)
+    status = await client.wait(ref, wait_timeout=10)
     assert (status.state, status.raw_state) == (RunState.CANCELLED, "interrupted")
     assert emu.cancels == [ref.id]
 
@@ -97,12 +97,12 @@ async def test_wait_timeout_and_run_timeout(emu: Emulator, client: ClientUnderTe
     emu.script(Script([("running", 30.0)]), Script([("running", 30.0)]))
     ref: RunRef = await client.launch(AGENT)
     with pytest.raises(WaitTimeout) as info:
-        await client.wait(ref, timeout=0.5)
+        await client.wait(ref, wait_timeout=0.5)
     assert info.value.last_status is not None
     assert info.value.last_status.state is RunState.RUNNING
     assert emu.cancels == []  # a wait timeout leaves the run going
     other: RunRef = await client.launch(AGENT)
-    status = await client.wait(other, run_timeout=0.3, timeout=10)
+    status = await client.wait(other, run_timeout=0.3, wait_timeout=10)
     assert status.state is RunState.TIMED_OUT
     assert status.raw_state == "interrupted"
     assert emu.cancels == [other.id]
@@ -116,7 +116,7 @@ async def test_faults_while_waiting_are_ridden_out(emu: Emulator, client: Client
     emu.inject(kind="drop", times=1, method="GET", path="/runs/")
     emu.inject(kind="malformed", times=1, method="GET", path="/runs/")
     emu.inject(kind="delay", seconds=0.3, times=1, method="GET", path="/runs/")
-    status = await client.wait(ref, timeout=30, use_join=False)
+    status = await client.wait(ref, wait_timeout=30, use_join=False)
     assert status.state is RunState.SUCCEEDED
     assert emu.faults == []  # every fault was met
 
@@ -129,7 +129,7 @@ async def test_a_lost_launch_answer_does_not_launch_twice(
     emu.script(Script([("running", 0.2)], final="success"))
     ref: RunRef = await client.launch(AGENT)
     assert runs_launched(emu) == 1
-    assert (await client.wait(ref, timeout=10)).state is RunState.SUCCEEDED
+    assert (await client.wait(ref, wait_timeout=10)).state is RunState.SUCCEEDED
 
 
 async def test_a_keyed_launch_reattaches(emu: Emulator, client: ClientUnderTest) -> None:

@@ -69,7 +69,7 @@ def wait_until(check: Callable[[], bool], seconds: float = 10.0) -> None:
 
 
 def test_success_returns_thread_values(client: Client) -> None:
-    status: RunStatus = client("launch_and_wait", agent({"x": 1}), timeout=60)
+    status: RunStatus = client("launch_and_wait", agent({"x": 1}), wait_timeout=60)
     assert status.state is RunState.SUCCEEDED
     assert status.raw_state == "success"
     assert status.outputs["values"]["result"] == {"x": 1}
@@ -78,7 +78,9 @@ def test_success_returns_thread_values(client: Client) -> None:
 
 
 def test_error_carries_the_graph_message(client: Client) -> None:
-    status: RunStatus = client("launch_and_wait", agent({"fail": "the model broke"}), timeout=60)
+    status: RunStatus = client(
+        "launch_and_wait", agent({"fail": "the model broke"}), wait_timeout=60
+    )
     assert status.state is RunState.FAILED
     assert status.raw_state == "error"
     assert status.message is not None and "the model broke" in status.message
@@ -91,7 +93,7 @@ def test_cancel_interrupts_a_running_run(client: Client, langgraph_server: str) 
     with RunClient("langgraph", langgraph_server) as sync:
         wait_until(lambda: sync.get(ref).state is RunState.RUNNING)
     client("cancel", ref)
-    status: RunStatus = client("wait", ref, timeout=30)
+    status: RunStatus = client("wait", ref, wait_timeout=30)
     assert status.state is RunState.CANCELLED
     assert status.raw_state == "interrupted"
     # cancelling a run that already ended is not an error
@@ -99,7 +101,9 @@ def test_cancel_interrupts_a_running_run(client: Client, langgraph_server: str) 
 
 
 def test_join_waits_for_a_longer_run(client: Client) -> None:
-    status: RunStatus = client("launch_and_wait", agent({"sleep": 1.5}), timeout=60, use_join=True)
+    status: RunStatus = client(
+        "launch_and_wait", agent({"sleep": 1.5}), wait_timeout=60, use_join=True
+    )
     assert status.state is RunState.SUCCEEDED
     assert status.outputs["values"]["result"] == {"sleep": 1.5}
 
@@ -107,7 +111,7 @@ def test_join_waits_for_a_longer_run(client: Client) -> None:
 def test_wait_timeout_leaves_the_run_going(client: Client, langgraph_server: str) -> None:  # noqa: F811
     ref: RunRef = client("launch", agent({"sleep": 20}))
     with pytest.raises(WaitTimeout) as info:
-        client("wait", ref, timeout=1.0)
+        client("wait", ref, wait_timeout=1.0)
     assert info.value.last_status is not None
     assert not info.value.last_status.is_terminal
     with RunClient("langgraph", langgraph_server) as sync:
@@ -137,16 +141,18 @@ def test_a_keyed_launch_reattaches_instead_of_launching_twice(
     assert second == first
     runs = httpx.get(f"{langgraph_server}/threads/{first.scope['thread_id']}/runs").json()
     assert [r["run_id"] for r in runs] == [first.id]
-    assert client("wait", first, timeout=60).state is RunState.SUCCEEDED
+    assert client("wait", first, wait_timeout=60).state is RunState.SUCCEEDED
 
 
 def test_launch_on_a_given_thread_and_stateless(client: Client, langgraph_server: str) -> None:  # noqa: F811
     thread_id = httpx.post(f"{langgraph_server}/threads", json={}).json()["thread_id"]
     on_thread: RunStatus = client(
-        "launch_and_wait", agent({"n": 1}, thread_id=thread_id), timeout=60
+        "launch_and_wait", agent({"n": 1}, thread_id=thread_id), wait_timeout=60
     )
     assert on_thread.ref.scope["thread_id"] == thread_id
     assert on_thread.state is RunState.SUCCEEDED
-    stateless: RunStatus = client("launch_and_wait", agent({"n": 2}, stateless=True), timeout=60)
+    stateless: RunStatus = client(
+        "launch_and_wait", agent({"n": 2}, stateless=True), wait_timeout=60
+    )
     assert stateless.state is RunState.SUCCEEDED
     assert stateless.outputs["values"]["result"] == {"n": 2}

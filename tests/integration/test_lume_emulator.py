@@ -111,7 +111,7 @@ async def test_launch_and_wait_succeeded_with_typed_metadata(
 ) -> None:
     ref = await client.launch({**LAUNCH, "run_metadata": {"team": "ap"}}, key="dag.task.1")
     assert ref.id.startswith("run_") and len(ref.id) == 30
-    status = await client.wait(ref, timeout=10, check=True)
+    status = await client.wait(ref, wait_timeout=10, check=True)
     assert (status.state, status.raw_state) == (RunState.SUCCEEDED, "SUCCEEDED")
     assert status.outputs["source_path"] == LAUNCH["source_path"]
     assert status.outputs["run_metadata"] == {"team": "ap", "runbridge_key": "dag.task.1"}
@@ -135,14 +135,14 @@ async def test_partial_failed_follows_the_policy(
 ) -> None:
     emu.script(Script(STEPS, final="PARTIAL_FAILED"))  # 5 of 100 rows rejected
     client = connect(partial=policy)
-    status = await client.launch_and_wait(LAUNCH, timeout=10)
+    status = await client.launch_and_wait(LAUNCH, wait_timeout=10)
     assert (status.state, status.raw_state) == (state, "PARTIAL_FAILED")
     assert "5 of 100 rows rejected" in status.message
     if state is RunState.PARTIAL:
         with pytest.raises(RunFailed, match="PARTIAL"):
-            await client.wait(status.ref, timeout=10, check=True)
+            await client.wait(status.ref, wait_timeout=10, check=True)
         accepted = await client.wait(
-            status.ref, timeout=10, check=True, success="succeeded,partial"
+            status.ref, wait_timeout=10, check=True, success="succeeded,partial"
         )
         assert accepted.state is RunState.PARTIAL
 
@@ -154,7 +154,7 @@ async def test_failed_and_crashed_are_failures_with_the_stage_error(
     emu.script(Script(STEPS, final=final, message="column amount is missing"))
     ref = await client.launch(LAUNCH)
     with pytest.raises(RunFailed, match="column amount is missing") as info:
-        await client.wait(ref, timeout=10, check=True)
+        await client.wait(ref, wait_timeout=10, check=True)
     status = info.value.status
     assert (status.state, status.raw_state) == (RunState.FAILED, final)
     assert Lume.metadata(status).errors[0].stage == "SYNCING_TARGET"
@@ -166,7 +166,7 @@ async def test_sensor_case_an_existing_run_by_id(
     run = emu.add_run(QUICK, flow_version="f:v2", source_path="batch-7")
     first = await client.get(client.ref(run.id))
     assert first.state in (RunState.PENDING, RunState.RUNNING)
-    done = await client.wait(client.ref(run.id), timeout=10)
+    done = await client.wait(client.ref(run.id), wait_timeout=10)
     assert done.state is RunState.SUCCEEDED and done.outputs["flow_version"] == "f:v2"
 
 
@@ -174,7 +174,7 @@ async def test_sensor_case_an_existing_run_by_id(
 async def test_lume_refuses_a_source_path_already_processed(
     emu: LumeEmulator, client: ClientUnderTest
 ) -> None:
-    done = await client.launch_and_wait(LAUNCH, timeout=10)
+    done = await client.launch_and_wait(LAUNCH, wait_timeout=10)
     with pytest.raises(Conflict, match=f"already been processed.*{done.ref.id}"):
         await client.launch(LAUNCH)
     again = await client.launch({**LAUNCH, "force_rerun": True})
@@ -270,6 +270,6 @@ async def test_a_delivery_ends_the_wait_through_the_inbox(
     receiver.on_delivery = deliver
     emu.script(Script([("CREATED", 0.1), ("TRANSFORMING", 0.4)], final="SUCCEEDED"))
     ref = await client.launch(LAUNCH)
-    status = await client.wait(ref, timeout=600)
+    status = await client.wait(ref, wait_timeout=600)
     assert status.state is RunState.SUCCEEDED
     assert len(emu.requests_to("GET", f"/runs/{ref.id}")) == 2  # before and after the delivery

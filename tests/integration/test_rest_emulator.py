@@ -51,7 +51,7 @@ async def test_succeeded(emu: Emulator, client: ClientUnderTest) -> None:
     events: list[Event] = []
     client.client.hooks.append(events.append)
     ref = await client.launch(LAUNCH)
-    status = await client.wait(ref, timeout=10, check=True)
+    status = await client.wait(ref, wait_timeout=10, check=True)
     assert status.state is RunState.SUCCEEDED
     assert status.raw_state == "succeeded"
     assert status.outputs == {"rows": 42}
@@ -70,10 +70,10 @@ async def test_ends_unsuccessfully_with_the_platform_message(
     emu: Emulator, client: ClientUnderTest, final: str, state: RunState
 ) -> None:
     emu.script(Script([("running", 0.1)], final=final, message="executor lost"))
-    status = await client.launch_and_wait(LAUNCH, timeout=10)
+    status = await client.launch_and_wait(LAUNCH, wait_timeout=10)
     assert (status.state, status.raw_state, status.message) == (state, final, "executor lost")
     with pytest.raises(RunFailed, match="executor lost") as info:
-        await client.wait(status.ref, timeout=10, check=True)
+        await client.wait(status.ref, wait_timeout=10, check=True)
     assert info.value.status.state is state
 
 
@@ -81,7 +81,7 @@ async def test_cancelled(emu: Emulator, client: ClientUnderTest) -> None:
     emu.script(LONG)
     ref = await client.launch(LAUNCH)
     await client.cancel(ref)
-    status = await client.wait(ref, timeout=10)
+    status = await client.wait(ref, wait_timeout=10)
     assert status.state is RunState.CANCELLED
     assert emu.cancels == [ref.id]
     with pytest.raises(Conflict, match="already finished"):
@@ -93,7 +93,7 @@ async def test_run_timeout_cancels_and_reports_timed_out(
 ) -> None:
     emu.script(LONG)
     ref = await client.launch(LAUNCH)
-    status = await client.wait(ref, timeout=10, run_timeout=0.2)
+    status = await client.wait(ref, wait_timeout=10, run_timeout=0.2)
     assert status.state is RunState.TIMED_OUT
     assert status.raw_state == "cancelled"
     assert "run_timeout=0.2s" in (status.message or "")
@@ -104,7 +104,7 @@ async def test_wait_timeout_leaves_the_run_going(emu: Emulator, client: ClientUn
     emu.script(LONG)
     ref = await client.launch(LAUNCH)
     with pytest.raises(WaitTimeout) as info:
-        await client.wait(ref, timeout=0.2)
+        await client.wait(ref, wait_timeout=0.2)
     assert info.value.last_status is not None
     assert info.value.last_status.state in (RunState.PENDING, RunState.RUNNING)
     assert info.value.last_status.ref == ref
@@ -129,7 +129,7 @@ async def test_unknown_run_is_run_not_found(emu: Emulator, client: ClientUnderTe
     with pytest.raises(RunNotFound, match="run no-such-run not found"):
         await client.get("rest:no-such-run")
     with pytest.raises(RunNotFound):
-        await client.wait(client.ref("no-such-run"), timeout=5)
+        await client.wait(client.ref("no-such-run"), wait_timeout=5)
     assert len(emu.requests) == 2
 
 
@@ -151,7 +151,7 @@ async def test_wait_rides_out_faults(
     emu.script(QUICK)
     ref = await client.launch(LAUNCH)
     emu.inject(Fault(method="GET", **fault))
-    status = await client.wait(ref, timeout=10)
+    status = await client.wait(ref, wait_timeout=10)
     assert status.state is RunState.SUCCEEDED
     assert emu.faults == [], "every injected fault was met"
     # each failed answer was followed by another check (a slow answer is just late)
@@ -160,7 +160,7 @@ async def test_wait_rides_out_faults(
 
 
 async def test_slow_response_past_the_client_timeout_is_retried(emu: Emulator, connect) -> None:
-    client = connect(timeout=0.2)
+    client = connect(request_timeout=0.2)
     run = emu.add_run(QUICK)  # a run launched elsewhere: the sensor case
     ref = client.ref(run.id)
     emu.inject(kind="delay", seconds=0.5, times=1, method="GET")
@@ -203,7 +203,7 @@ async def test_lost_launch_answer_with_a_key_launches_once(
     posts = emu.requests_to("POST", LAUNCH_PATH)
     assert len(posts) == 2
     assert {p.headers["idempotency-key"] for p in posts} == {"dag.task.2024-05-01.0"}
-    assert (await client.wait(ref, timeout=10)).state is RunState.SUCCEEDED
+    assert (await client.wait(ref, wait_timeout=10)).state is RunState.SUCCEEDED
 
 
 async def test_lost_launch_answer_without_a_key_is_uncertain_not_retried(

@@ -60,7 +60,7 @@ async def test_launch_and_wait_succeeds(emu: ViEmulator, client: ClientUnderTest
     ref = await client.launch(LAUNCH, key="dag.task.2025-01-01.0")
     assert ref.id == run_for_key("dag.task.2025-01-01.0")
     assert ref.scope == {"organization_id": ORG}
-    status = await client.wait(ref, timeout=10, check=True)
+    status = await client.wait(ref, wait_timeout=10, check=True)
     assert (status.state, status.raw_state) == (RunState.SUCCEEDED, "Succeeded")
     assert status.outputs["flow"] == DEFAULT_FLOW
     assert status.outputs["training_project"] == "tp-1"
@@ -94,10 +94,10 @@ async def test_failed_and_error_end_failed_with_the_message(
         Script([("Running", 0.1)], final=final, message="CUDA out of memory"),
         Script([("Running", 0.1)], final=final, message="no GPU", error_type="Unschedulable"),
     )
-    status = await client.launch_and_wait(LAUNCH, timeout=10)
+    status = await client.launch_and_wait(LAUNCH, wait_timeout=10)
     assert (status.state, status.raw_state) == (RunState.FAILED, final)
     assert status.message == "CUDA out of memory"
-    typed = await client.launch_and_wait(LAUNCH, timeout=10)
+    typed = await client.launch_and_wait(LAUNCH, wait_timeout=10)
     assert typed.message == "Unschedulable: no GPU"
 
 
@@ -105,7 +105,7 @@ async def test_kill_ends_cancelled_with_killed_at(emu: ViEmulator, client: Clien
     emu.script(LONG)
     ref = await client.launch(LAUNCH)
     await client.cancel(ref)
-    status = await client.wait(ref, timeout=10)
+    status = await client.wait(ref, wait_timeout=10)
     assert (status.state, status.raw_state) == (RunState.CANCELLED, "Cancelled")
     assert emu.cancels == [ref.id]
     (patch,) = emu.requests_to("PATCH")
@@ -124,7 +124,7 @@ async def test_a_kill_takes_effect_later(emu: ViEmulator, client: ClientUnderTes
     still = await client.get(ref)
     assert still.state is RunState.RUNNING or still.raw_state == "Pending"
     assert still.outputs["killed_at"] is not None
-    assert (await client.wait(ref, timeout=10)).state is RunState.CANCELLED
+    assert (await client.wait(ref, wait_timeout=10)).state is RunState.CANCELLED
 
 
 async def test_run_timeout_kills_and_reports_timed_out(
@@ -132,7 +132,7 @@ async def test_run_timeout_kills_and_reports_timed_out(
 ) -> None:
     emu.script(LONG)
     ref = await client.launch(LAUNCH)
-    status = await client.wait(ref, timeout=10, run_timeout=0.3)
+    status = await client.wait(ref, wait_timeout=10, run_timeout=0.3)
     assert (status.state, status.raw_state) == (RunState.TIMED_OUT, "Cancelled")
     assert emu.cancels == [ref.id]
 
@@ -141,14 +141,14 @@ async def test_wait_timeout_leaves_the_run_going(emu: ViEmulator, client: Client
     emu.script(LONG)
     ref = await client.launch(LAUNCH)
     with pytest.raises(WaitTimeout) as info:
-        await client.wait(ref, timeout=0.2)
+        await client.wait(ref, wait_timeout=0.2)
     assert info.value.last_status is not None and not info.value.last_status.is_terminal
     assert emu.cancels == []
 
 
 async def test_an_existing_run_by_id_or_self_link(emu: ViEmulator, client: ClientUnderTest) -> None:
     run = emu.add_run(QUICK, "run-from-the-ui")
-    status = await client.wait(client.ref(run.id), timeout=10)
+    status = await client.wait(client.ref(run.id), wait_timeout=10)
     assert status.state is RunState.SUCCEEDED
     by_link = await client.get(f"vi:{'/workspaces/' + ORG + '/runs/' + run.id}")
     assert by_link.ref == client.ref(run.id)
@@ -164,7 +164,7 @@ async def test_generic_and_unknown_conditions(emu: ViEmulator, client: ClientUnd
     ref = await client.launch(LAUNCH)
     events: list[Event] = []
     client.client.hooks.append(events.append)
-    status = await client.wait(ref, timeout=10)
+    status = await client.wait(ref, wait_timeout=10)
     assert (status.state, status.raw_state) == (RunState.SUCCEEDED, "Finished/Reached")
     seen = {e.status.raw_state: e.status.state for e in events if e.status}
     assert seen.get("Paused", RunState.UNKNOWN) is RunState.UNKNOWN  # kept waiting through it
@@ -232,7 +232,7 @@ async def test_wait_rides_out_faults(
     emu.script(QUICK)
     ref = await client.launch(LAUNCH)
     emu.inject(Fault(method="GET", **fault))
-    assert (await client.wait(ref, timeout=10)).state is RunState.SUCCEEDED
+    assert (await client.wait(ref, wait_timeout=10)).state is RunState.SUCCEEDED
     assert emu.faults == []
 
 
@@ -245,7 +245,7 @@ async def test_lost_put_answer_is_found_not_put_again(
     ref = await client.launch(LAUNCH, key="k-lost")
     assert len(emu.launches) == 1 and list(emu.runs) == [ref.id]
     assert len(emu.requests_to("PUT")) == 1  # found by its id, never PUT over
-    assert (await client.wait(ref, timeout=10)).state is RunState.SUCCEEDED
+    assert (await client.wait(ref, wait_timeout=10)).state is RunState.SUCCEEDED
 
 
 async def test_keyless_lost_put_answer_is_recovered_too(

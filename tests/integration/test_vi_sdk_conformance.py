@@ -103,7 +103,7 @@ def test_sdk_reads_a_run_runbridge_launched(emu: ViEmulator, sdk: Any, rb: RunCl
     ref = rb.launch(
         {"flow": FLOW, "training_project": "tp-1", "metadata": {"team": "cv"}}, key="dag.t.1"
     )
-    final = rb.wait(ref, timeout=10)
+    final = rb.wait(ref, wait_timeout=10)
     sdk_run = sdk.runs.get(ref.id)
     assert_same_run(sdk_run, final)
     assert final.state is RunState.SUCCEEDED
@@ -125,7 +125,7 @@ def test_runbridge_reads_a_run_the_sdk_created(emu: ViEmulator, sdk: Any, rb: Ru
     emu.script(QUICK)
     created = sdk.runs.create(flow=FLOW, training_project="tp-2", metadata={"a": "b"})
     assert uuid.UUID(created.run_id).version == 4  # the SDK chooses the id
-    status = rb.wait(rb.ref(created.run_id), timeout=10)
+    status = rb.wait(rb.ref(created.run_id), wait_timeout=10)
     assert_same_run(sdk.runs.get(created.run_id), status)
     assert status.outputs["flow"] == FLOW
     # the SDK's PUT and runbridge's have the same shape
@@ -149,7 +149,7 @@ def test_sdk_kill_is_seen_by_runbridge(emu: ViEmulator, sdk: Any, rb: RunClient)
     created = sdk.runs.start(flow=FLOW)
     killed = sdk.runs.kill(created.run_id)
     assert isinstance(killed.spec.killed_at, int)
-    status = rb.wait(rb.ref(created.run_id), timeout=10)
+    status = rb.wait(rb.ref(created.run_id), wait_timeout=10)
     assert (status.state, status.raw_state) == (RunState.CANCELLED, "Cancelled")
     assert status.outputs["killed_at"] == killed.spec.killed_at
     assert_same_run(sdk.runs.get(created.run_id), status)
@@ -166,7 +166,7 @@ def test_runbridge_kill_is_seen_by_the_sdk(emu: ViEmulator, sdk: Any, rb: RunCli
     emu.script(LONG)
     ref = rb.launch({"flow": FLOW})
     rb.cancel(ref)
-    status = rb.wait(ref, timeout=10)
+    status = rb.wait(ref, wait_timeout=10)
     sdk_run = sdk.runs.get(ref.id)
     assert sdk_run.status.conditions[-1].condition.value == "Cancelled"
     assert sdk_run.spec.killed_at == status.outputs["killed_at"] is not None
@@ -177,7 +177,7 @@ def test_runbridge_kill_is_seen_by_the_sdk(emu: ViEmulator, sdk: Any, rb: RunCli
 def test_failures_read_alike(emu: ViEmulator, sdk: Any, rb: RunClient, final: str) -> None:
     emu.script(Script([("Running", 0.05)], final=final, message="dataset is empty"))
     ref = rb.launch({"flow": FLOW})
-    status = rb.wait(ref, timeout=10)
+    status = rb.wait(ref, wait_timeout=10)
     latest = sdk.runs.get(ref.id).status.conditions[-1]
     assert (latest.condition.value, latest.message) == (final, status.message)
     assert status.state is RunState.FAILED
@@ -185,7 +185,7 @@ def test_failures_read_alike(emu: ViEmulator, sdk: Any, rb: RunClient, final: st
 
 def test_generic_conditions_decode_in_the_sdk(emu: ViEmulator, sdk: Any, rb: RunClient) -> None:
     run = emu.add_run(Script([("Started/Reached", 0.05)], final="Finished/FailedReach"))
-    status = rb.wait(rb.ref(run.id), timeout=10)
+    status = rb.wait(rb.ref(run.id), wait_timeout=10)
     latest = sdk.runs.get(run.id).status.conditions[-1]
     assert (latest.condition, latest.status) == (Condition.FINISHED, ConditionStatus.FAILED_REACH)
     assert (status.raw_state, status.state) == ("Finished/FailedReach", RunState.FAILED)
@@ -260,6 +260,6 @@ async def test_the_async_client_reads_the_same(emu: ViEmulator, sdk: Any) -> Non
     async with AsyncRunClient(
         "vi", emu.base_url, TOKEN, organization_id=ORG, poll=PollSchedule.fixed(0.05)
     ) as client:
-        status = await client.wait(client.ref(created.run_id), timeout=10)
+        status = await client.wait(client.ref(created.run_id), wait_timeout=10)
     assert_same_run(sdk.runs.get(created.run_id), status)
     assert status.state is RunState.SUCCEEDED

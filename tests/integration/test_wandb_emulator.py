@@ -49,7 +49,7 @@ def client_options() -> dict[str, Any]:
 async def test_wait_on_an_existing_run_by_path(emu: WandBEmulator, client: ClientUnderTest) -> None:
     run = emu.add_run(QUICK, "r1", project=PROJECT)
     assert run.id == f"{DEFAULT_ENTITY}/{PROJECT}/r1"
-    status = await client.wait("wandb:" + run.id, timeout=10, check=True)
+    status = await client.wait("wandb:" + run.id, wait_timeout=10, check=True)
     assert (status.state, status.raw_state) == (RunState.SUCCEEDED, "finished")
     assert status.ref == RunRef("wandb", "r1", {"entity": DEFAULT_ENTITY, "project": PROJECT})
     assert status.outputs["summary"] == {"val_loss": 0.12, "acc": 0.93}
@@ -71,10 +71,10 @@ async def test_unsuccessful_ends(
     emu: WandBEmulator, client: ClientUnderTest, final: str, state: RunState
 ) -> None:
     run = emu.add_run(Script([("running", 0.1)], final=final), project=PROJECT)
-    status = await client.wait("wandb:" + run.id, timeout=10)
+    status = await client.wait("wandb:" + run.id, wait_timeout=10)
     assert (status.state, status.raw_state) == (state, final)
     with pytest.raises(RunFailed, match=final):
-        await client.wait("wandb:" + run.id, timeout=10, check=True)
+        await client.wait("wandb:" + run.id, wait_timeout=10, check=True)
 
 
 async def test_preempted_wait_follows_a_resumed_run(emu: WandBEmulator, connect) -> None:
@@ -83,23 +83,23 @@ async def test_preempted_wait_follows_a_resumed_run(emu: WandBEmulator, connect)
     seen: list[str] = []
     patient = connect(preempted="wait")
     patient.client.hooks.append(lambda e: e.status and seen.append(e.status.raw_state))
-    status = await patient.wait("wandb:" + run.id, timeout=10)
+    status = await patient.wait("wandb:" + run.id, wait_timeout=10)
     assert status.state is RunState.SUCCEEDED
     assert "preempted" in seen and seen[-1] == "finished"
     emu.add_run(Script(steps, final="finished"), "r2", project=PROJECT)
-    ended = await connect().wait(f"wandb:{DEFAULT_ENTITY}/{PROJECT}/r2", timeout=10)
+    ended = await connect().wait(f"wandb:{DEFAULT_ENTITY}/{PROJECT}/r2", wait_timeout=10)
     assert (ended.state, ended.raw_state) == (RunState.FAILED, "preempted")
 
 
 async def test_require_gates_a_finished_run(emu: WandBEmulator, connect) -> None:
     run = emu.add_run(QUICK, project=PROJECT)
     good = await connect(require="val_loss < 0.2 and acc >= 0.9").wait(
-        "wandb:" + run.id, timeout=10
+        "wandb:" + run.id, wait_timeout=10
     )
     assert good.state is RunState.SUCCEEDED
     strict = connect(require=["val_loss < 0.1", "f1 > 0.5"])
     with pytest.raises(RunFailed) as info:
-        await strict.wait("wandb:" + run.id, timeout=10, check=True)
+        await strict.wait("wandb:" + run.id, wait_timeout=10, check=True)
     status = info.value.status
     assert (status.state, status.raw_state) == (RunState.FAILED, "finished")
     assert "val_loss < 0.1 failed: val_loss is 0.12" in str(info.value)
@@ -127,7 +127,7 @@ async def test_launch_follows_the_queue_item_into_its_run(
     ref = await client.launch(LAUNCH, key="dag.train.1")
     assert ref.scope["kind"] == "queued" and ref.scope["queue"] == "default"
     run_id = run_id_for_key("dag.train.1")
-    status = await client.wait(ref, timeout=10, check=True)
+    status = await client.wait(ref, wait_timeout=10, check=True)
     assert status.ref == RunRef("wandb", run_id, {"entity": DEFAULT_ENTITY, "project": PROJECT})
     assert status.outputs["summary"] == {"a": 1}
     (spec,) = emu.launches
@@ -140,7 +140,7 @@ async def test_launch_follows_the_queue_item_into_its_run(
 async def test_launch_and_wait_gated_on_the_summary(emu: WandBEmulator, connect) -> None:
     emu.script(Script([("running", 0.1)], final="finished", outputs={"val_loss": 0.4}))
     client = connect(require="val_loss < 0.2")
-    status = await client.launch_and_wait(LAUNCH, timeout=10)
+    status = await client.launch_and_wait(LAUNCH, wait_timeout=10)
     assert (status.state, status.raw_state) == (RunState.FAILED, "finished")
     assert status.message == ("summary condition not met: val_loss < 0.2 failed: val_loss is 0.4")
 
@@ -148,7 +148,7 @@ async def test_launch_and_wait_gated_on_the_summary(emu: WandBEmulator, connect)
 async def test_a_failed_queue_item(emu: WandBEmulator, client: ClientUnderTest) -> None:
     emu.script(Script(final="FAILED"))
     ref = await client.launch(LAUNCH)
-    status = await client.wait(ref, timeout=10)
+    status = await client.wait(ref, wait_timeout=10)
     assert (status.state, status.raw_state, status.ref) == (RunState.FAILED, "FAILED", ref)
     assert emu.runs == {}
 
@@ -173,7 +173,7 @@ async def test_a_lost_push_answer_before_an_agent_took_it(
     ref = await client.launch(LAUNCH, key="dag.lost.2", reuse=False)
     assert len(emu.launches) == 2
     assert {spec["run_id"] for spec in emu.launches} == {run_id_for_key("dag.lost.2")}
-    status = await client.wait(ref, timeout=10)
+    status = await client.wait(ref, wait_timeout=10)
     assert status.ref.id == run_id_for_key("dag.lost.2")
     assert list(emu.runs) == [f"{DEFAULT_ENTITY}/{PROJECT}/{run_id_for_key('dag.lost.2')}"]
 
@@ -182,7 +182,7 @@ async def test_transient_errors_are_ridden_out(emu: WandBEmulator, client: Clien
     run = emu.add_run(QUICK, project=PROJECT)
     emu.inject(kind="status", status=503, times=2, method="POST", path="/graphql")
     emu.inject(kind="malformed", times=1, method="POST", path="/graphql")
-    status = await client.wait("wandb:" + run.id, timeout=10)
+    status = await client.wait("wandb:" + run.id, wait_timeout=10)
     assert status.state is RunState.SUCCEEDED
     assert emu.faults == []
 
@@ -191,7 +191,7 @@ async def test_transient_errors_are_ridden_out(emu: WandBEmulator, client: Clien
 async def test_cancel_stops_a_run(emu: WandBEmulator, client: ClientUnderTest) -> None:
     run = emu.add_run(LONG, project=PROJECT)
     await client.cancel(client.ref(run.id))
-    status = await client.wait("wandb:" + run.id, timeout=10)
+    status = await client.wait("wandb:" + run.id, wait_timeout=10)
     assert (status.state, status.raw_state) == (RunState.CANCELLED, "killed")
     assert emu.stops == [run.id] and run.data["stopped"] is True
     await client.cancel(client.ref(run.id))  # already over: nothing is sent
@@ -204,7 +204,7 @@ async def test_cancel_a_launch_still_in_the_queue(
     emu.pickup = 60.0
     ref = await client.launch(LAUNCH)
     await client.cancel(ref)
-    status = await client.wait(ref, timeout=10)
+    status = await client.wait(ref, wait_timeout=10)
     assert (status.state, status.raw_state) == (RunState.CANCELLED, "deleted")
     assert emu.cancels == [ref.id] and emu.runs == {}
 
@@ -214,7 +214,7 @@ async def test_run_timeout_stops_a_launched_run(
 ) -> None:
     emu.script(LONG)
     ref = await client.launch(LAUNCH)
-    status = await client.wait(ref, timeout=10, run_timeout=0.3)
+    status = await client.wait(ref, wait_timeout=10, run_timeout=0.3)
     assert (status.state, status.raw_state) == (RunState.TIMED_OUT, "killed")
     assert len(emu.stops) == 1
 
@@ -224,7 +224,7 @@ async def test_wait_timeout_leaves_the_run_going(
 ) -> None:
     run = emu.add_run(LONG, project=PROJECT)
     with pytest.raises(WaitTimeout) as info:
-        await client.wait("wandb:" + run.id, timeout=0.2)
+        await client.wait("wandb:" + run.id, wait_timeout=0.2)
     assert info.value.last_status is not None
     assert info.value.last_status.state is RunState.RUNNING
     assert emu.stops == []

@@ -141,7 +141,7 @@ def test_a_run_as_it_progresses(emu: WandBEmulator, api: Any, rb: RunClient) -> 
     emu.add_run(script, "progress", project=P)
     sdk = api.run(path("progress"))
     assert sdk.state in ("pending", "running") and sdk.summary_metrics in ({}, SUMMARY)
-    status = rb.wait(rb.ref(path("progress")), timeout=10, check=True)
+    status = rb.wait(rb.ref(path("progress")), wait_timeout=10, check=True)
     sdk.wait_until_finished()  # returns at once: the run is finished (one RunState query)
     assert sdk.load(force=True)["state"] == status.raw_state == "finished"
     assert sdk.summary_metrics == status.outputs["summary"] == SUMMARY
@@ -179,7 +179,7 @@ def test_a_stop_from_either_side_is_seen_by_the_other(
     long = Script([("running", 60.0)], final="finished")
     emu.add_run(long, "stop-sdk", project=P)
     api.run(path("stop-sdk")).stop()
-    status = rb.wait(rb.ref(path("stop-sdk")), timeout=10)
+    status = rb.wait(rb.ref(path("stop-sdk")), wait_timeout=10)
     assert (status.state, status.raw_state) == (RunState.CANCELLED, "killed")
 
     emu.add_run(long, "stop-rb", project=P)
@@ -197,7 +197,7 @@ def test_the_sdk_follows_a_runbridge_launch(emu: WandBEmulator, api: Any, rb: Ru
     queued = api.queued_run(E, P, "default", ref.id, "model-registry")
     assert queued.state in ("pending", "claimed")
     sdk_run = queued.wait_until_running()
-    status = rb.wait(ref, timeout=10, check=True)
+    status = rb.wait(ref, wait_timeout=10, check=True)
     assert sdk_run.id == status.ref.id == run_id_for_key("conformance.launch.1")
     assert sdk_run.load(force=True)["state"] == status.raw_state == "finished"
     assert sdk_run.summary_metrics == status.outputs["summary"]
@@ -210,7 +210,7 @@ def test_runbridge_follows_an_sdk_push(emu: WandBEmulator, api: Any, rb: RunClie
     pushed = api.push_to_run_queue_by_name(E, "model-registry", "default", json.dumps(spec), None)
     assert pushed["runSpec"] == spec  # the SDK decodes the echoed JSONString
     ref = rb.ref(pushed["runQueueItemId"], kind="queued", entity=E, project=P, queue="default")
-    status = rb.wait(ref, timeout=10)
+    status = rb.wait(ref, wait_timeout=10)
     assert (status.ref.id, status.state, status.raw_state) == (
         "sdk-push",
         RunState.FAILED,

@@ -14,7 +14,8 @@ What a provider must implement: ``status``. What it may: ``launch``, ``cancel`` 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from ..errors import ConfigError, NotSupported, PlatformError, RateLimited, error_for_status
@@ -42,6 +43,9 @@ class Provider(abc.ABC):
     supports_cancel: bool = True
     supports_find: bool = False
     """True when ``find(spec)`` can re-attach to a launch by its idempotency key."""
+    new_id: Callable[[], str] = staticmethod(lambda: str(uuid.uuid4()))
+    """Where a provider draws a fresh id (a thread or run id for a launch without a key); the
+    client or a test may replace it, so providers stay deterministic under test."""
     auto_key: bool = False
     """True when a launch without a key is still made retry-safe by a random key (the
     provider uses it for a resource dedicated to this launch, e.g. a new thread)."""
@@ -134,7 +138,9 @@ class Provider(abc.ABC):
             "body": response.text[:500],
         }
         if cls is RateLimited:
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            retry_after = parse_retry_after(
+                response.headers.get("retry-after"), response.received_at
+            )
             return RateLimited(message, retry_after=retry_after, **common)
         return cls(message, **common)
 

@@ -1,0 +1,223 @@
+"""One client configuration, built by every wrapper.
+
+The Airflow connection, the Prefect credentials block and the Dagster resource each describe
+the same thing: which platform, where, with which token and options, and how its requests and
+waits behave. :class:`ClientConfig` is that thing, validated once here; each wrapper only maps
+its own fields onto it (``ClientConfig.from_mapping`` reads the JSON form they store) and asks
+it for a client::
+
+    config = ClientConfig("langgraph", "https://agents.example.com", token="...",
+                          request_timeout=20, error_window=300)
+    with config.client() as client: ...
+    async with shared_async_client(config) as client: ...   # see runbridge.core.shared
+
+Every default is visible here. The token never appears in a repr, and ``fingerprint()`` is a
+digest (the token included) that tells two configurations apart without showing either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+from .schedule import PollSchedule, RetryPolicy
+
+if TYPE_CHECKING:
+    from .client import AsyncRunClient, RunClient
+
+__all__ = [
+    "DEFAULT_ERROR_WINDOW",
+    "DEFAULT_MAX_BODY",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "ClientConfig",
+    "check_base_url",
+    "seconds",
+]
+
+DEFAULT_REQUEST_TIMEOUT = 30.0
+"""Seconds one HTTP request may take in all (connect, send, every byte of the answer)."""
+DEFAULT_ERROR_WINDOW = 600.0
+"""Seconds of transient errors (5xx, 429, network, unreadable answers) a wait tolerates."""
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
+"""The largest response body read (bytes); a larger one is a ProtocolError naming its size."""
+
+
+def seconds(value: Any, name: str, *, positive: bool = False) -> float | None:
+    """A duration (seconds, int or float, or a ``timedelta``) as float seconds, or None.
+
+    Raises ConfigError naming ``name`` for anything else (bools, strings, NaN, negatives)."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        kind = "positive" if positive else "non-negative"
+        raise ConfigError(f"{name} must be a {kind} number of seconds, got {value!r}")
+    return float(value)
+
+
+def check_base_url(value: Any) -> str:
+    """``value`` as a base URL (no trailing slash), or ConfigError saying what is wrong.
+
+    Checked when the configuration is made, so a URL that can never work (``http://``,
+    ``http://[::1``, a port out of range) fails at once, not as a retried network error later.
+    """
+    if not isinstance(value, str):
+        raise ConfigError(f"base_url must be a string, got {type(value).__name__}")
+    text = value.strip()
+    if text != value or any(ord(c) < 0x21 or ord(c) == 0x7F for c in text):
+        raise ConfigError(f"base_url must not contain spaces or control characters: {value!r}")
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # raises ValueError when out of range or not a number
+        host = parts.hostname
+    except ValueError as exc:
+        raise ConfigError(f"base_url {value!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"base_url must be an http:// or https:// URL, got {value!r}")
+    if not host:
+        raise ConfigError(f"base_url {value!r} names no host")
+    if port == 0:
+        raise ConfigError(f"base_url {value!r} has port 0")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"base_url {value!r} must not have a query or fragment")
+    return text.rstrip("/")
+
+
+def _mapping(value: Any, name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"{name} must be a mapping with string keys, got {value!r}")
+    return dict(value)
+
+
+def _policy(cls: type[Any], value: Any, name: str) -> Any:
+    if value is None or isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        try:
+            return cls(**value)
+        except TypeError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    raise ConfigError(f"{name} must be a {cls.__name__} or a mapping of its fields, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientConfig:
+    """Everything that shapes a client: what every wrapper builds from its own fields."""
+
+    platform: str
+    base_url: str
+    token: str | None = dataclasses.field(default=None, repr=False)
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """The platform provider's options (see docs/platforms/)."""
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
+    poll: PollSchedule = dataclasses.field(default_factory=PollSchedule)
+    error_window: float = DEFAULT_ERROR_WINDOW
+    max_body: int = DEFAULT_MAX_BODY
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.platform, str) or not self.platform.strip():
+            raise ConfigError(f"platform must be a non-empty string, got {self.platform!r}")
+        object.__setattr__(self, "platform", self.platform.strip())
+        object.__setattr__(self, "base_url", check_base_url(self.base_url))
+        if self.token is not None and not isinstance(self.token, str):
+            raise ConfigError("token must be a string")
+        object.__setattr__(self, "token", self.token or None)
+        object.__setattr__(self, "options", _mapping(self.options, "options"))
+        timeout = seconds(self.request_timeout, "request_timeout", positive=True)
+        object.__setattr__(self, "request_timeout", timeout)
+        window = seconds(self.error_window, "error_window")
+        object.__setattr__(self, "error_window", window)
+        object.__setattr__(self, "retry", _policy(RetryPolicy, self.retry, "retry"))
+        object.__setattr__(self, "poll", _policy(PollSchedule, self.poll, "poll"))
+        if isinstance(self.max_body, bool) or not isinstance(self.max_body, int):
+            raise ConfigError(f"max_body must be a number of bytes, got {self.max_body!r}")
+        if self.max_body < 1024:
+            raise ConfigError(f"max_body must be at least 1024 bytes, got {self.max_body}")
+        # the provider checks its options now, not at the first request
+        from .registry import create_provider
+
+        create_provider(self.platform, **self.options)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> ClientConfig:
+        """From the JSON form the wrappers store (connection extras, block and resource
+        fields): the field names above; ``poll`` may also be a number (a fixed interval) and
+        ``retry`` / ``poll`` a mapping of their fields. Unknown keys are an error."""
+        data = _mapping(data, "client configuration")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown client setting(s) {', '.join(unknown)}; expected {', '.join(sorted(names))}"
+            )
+        values = {k: v for k, v in data.items() if v is not None}
+        poll = values.get("poll")
+        if isinstance(poll, (int, float)) and not isinstance(poll, bool):
+            values["poll"] = PollSchedule.fixed(seconds(poll, "poll", positive=True) or 0.0)
+        for missing in ("platform", "base_url"):
+            if missing not in values:
+                raise ConfigError(f"the client configuration needs {missing}")
+        return cls(**values)
+
+    def to_mapping(self, *, token: bool = False) -> dict[str, Any]:
+        """The JSON form (the token only if asked for)."""
+        data: dict[str, Any] = {
+            "platform": self.platform,
+            "base_url": self.base_url,
+            "options": dict(self.options),
+            "request_timeout": self.request_timeout,
+            "retry": dataclasses.asdict(self.retry),
+            "poll": dataclasses.asdict(self.poll),
+            "error_window": self.error_window,
+            "max_body": self.max_body,
+        }
+        if token:
+            data["token"] = self.token
+        return data
+
+    def replace(self, **changes: Any) -> ClientConfig:
+        return dataclasses.replace(self, **changes)
+
+    def fingerprint(self) -> str:
+        """A digest of everything that shapes a client, the token included (never shown)."""
+        text = json.dumps(self.to_mapping(token=True), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def client_kwargs(self) -> dict[str, Any]:
+        return {
+            "request_timeout": self.request_timeout,
+            "retry": self.retry,
+            "poll": self.poll,
+            "error_window": self.error_window,
+            "max_body": self.max_body,
+            **self.options,
+        }
+
+    def client(self, **overrides: Any) -> RunClient:
+        """A new :class:`~runbridge.RunClient`; ``overrides`` replace client arguments."""
+        from .client import RunClient
+
+        return RunClient(
+            self.platform, self.base_url, self.token, **{**self.client_kwargs(), **overrides}
+        )
+
+    def async_client(self, **overrides: Any) -> AsyncRunClient:
+        """A new :class:`~runbridge.AsyncRunClient` (for a shared one, see ``core.shared``)."""
+        from .client import AsyncRunClient
+
+        return AsyncRunClient(
+            self.platform, self.base_url, self.token, **{**self.client_kwargs(), **overrides}
+        )
