@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from runbridge.core import AsyncRunClient, RunClient
-from runbridge.core.http import Request, Response, Sleep
+from runbridge.core.http import Request, Response, Save, Sleep
 
 Answer = Any  # Response | BaseException | Callable[[Request, FakeClock], Answer]
 
@@ -80,10 +80,11 @@ def took(seconds: float, answer: Answer) -> Callable[[Request, FakeClock], Answe
 
 @dataclasses.dataclass
 class Step:
-    kind: str  # "request" or "sleep"
+    kind: str  # "request", "sleep" or "save"
     at: float  # fake clock when the step was yielded
     request: Request | None = None
     sleep: Sleep | None = None
+    save: Save | None = None
 
 
 class FlowDriver:
@@ -104,13 +105,23 @@ class FlowDriver:
         return [s.sleep.seconds for s in self.steps if s.sleep is not None]
 
     @property
+    def saved(self) -> list[Any]:
+        """The records the flow asked to save (``Save`` steps), in order."""
+        return [s.save.record for s in self.steps if s.save is not None]
+
+    @property
     def calls(self) -> list[str]:
-        """``"GET /path"`` for each request, ``"sleep 1.5"`` for each sleep, in order."""
-        return [
-            f"{s.request.method} {s.request.path}" if s.request else f"sleep {s.sleep.seconds:g}"
-            for s in self.steps
-            if s.request or s.sleep
-        ]
+        """``"GET /path"`` for each request, ``"sleep 1.5"`` for each sleep, ``"save launched"``
+        for each record saved, in order."""
+        out = []
+        for s in self.steps:
+            if s.request:
+                out.append(f"{s.request.method} {s.request.path}")
+            elif s.sleep:
+                out.append(f"sleep {s.sleep.seconds:g}")
+            elif s.save:
+                out.append(f"save {s.save.record.action}")
+        return out
 
     def _answer(self, request: Request) -> Answer:
         if not self.answers:
@@ -134,6 +145,10 @@ class FlowDriver:
                 if isinstance(step, Sleep):
                     self.steps.append(Step("sleep", self.clock(), sleep=step))
                     self.clock.advance(step.seconds)
+                    step = flow.send(None)
+                    continue
+                if isinstance(step, Save):
+                    self.steps.append(Step("save", self.clock(), save=step))
                     step = flow.send(None)
                     continue
                 assert isinstance(step, Request), f"a flow yielded {step!r}"
