@@ -117,18 +117,23 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         self._backend.sleep(seconds)
 
 
-def _deadline_transport(**kwargs: Any) -> httpx.HTTPTransport:
-    """httpx's own transport, its connection pool reading against the request's deadline.
+def _deadline_client() -> httpx.Client:
+    """An ``httpx.Client`` as httpx makes it (environment proxies included), its connection
+    pools reading against the request's deadline.
 
-    Uses httpcore's private ``ConnectionPool._network_backend`` (httpcore 1.x); a test pins
-    it (tests/core/test_deadlines.py). Without it, the sync client still checks the deadline
-    between body chunks, but a server trickling its headers could hold a request longer."""
-    transport = httpx.HTTPTransport(**kwargs)
-    pool = getattr(transport, "_pool", None)
-    backend = getattr(pool, "_network_backend", None)
-    if isinstance(backend, httpcore.NetworkBackend):
-        pool._network_backend = _DeadlineBackend(backend)  # type: ignore[union-attr]
-    return transport
+    Uses httpx's private ``Client._transport`` / ``_mounts`` and httpcore's private
+    ``ConnectionPool._network_backend`` (httpx 0.28, httpcore 1.x); a test pins them
+    (tests/core/test_deadlines.py). Where they are missing, the sync client still checks the
+    deadline between body chunks, but a server trickling its headers could hold a request
+    longer."""
+    client = httpx.Client()
+    transports = [getattr(client, "_transport", None), *getattr(client, "_mounts", {}).values()]
+    for transport in transports:
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if isinstance(backend, httpcore.NetworkBackend):
+            pool._network_backend = _DeadlineBackend(backend)  # type: ignore[union-attr]
+    return client
 
 
 def _carries(value: str, token: str) -> bool:
@@ -333,7 +338,7 @@ class RunClient(_BaseClient):
     ) -> None:
         super().__init__(platform, base_url, token, **kwargs)
         self._owns_http = client is None
-        self._http = client if client is not None else httpx.Client(transport=_deadline_transport())
+        self._http = client if client is not None else _deadline_client()
 
     def __enter__(self) -> RunClient:
         return self
