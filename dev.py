@@ -1,9 +1,16 @@
 #!/usr/bin/env python3
 """Developer entry point for runbridge (standard library only, Python >= 3.10).
 
-    python3 dev.py sync            install the locked dev environment (.venv)
-    python3 dev.py test [ARGS...]  sync, then ruff check, ruff format --check, mypy, pytest ARGS
-    python3 dev.py demo [ARGS...]  sync, then `runbridge demo ARGS`
+    python3 dev.py sync              install the locked dev environment (.venv)
+    python3 dev.py test [ARGS...]    sync, then ruff check, ruff format --check, mypy, pytest ARGS;
+                                     without ARGS also the CI rows of the version matrix
+    python3 dev.py demo [ARGS...]    sync, then `runbridge demo ARGS`
+    python3 dev.py matrix [ARGS...]  sync, then the full version matrix (tools/matrix.py ARGS),
+                                     which writes docs/compatibility.md
+
+The version matrix installs each extra from the built wheel into fresh virtual environments on
+the oldest and newest Python the package claims (found on the machine, never downloaded):
+`python3 tools/matrix.py --help`. Set RUNBRIDGE_SKIP_MATRIX=1 to leave it out of `test`.
 
 uv is taken from PATH; if it is not there, a pinned uv is installed with pip into
 .dev/bootstrap. uv never downloads a Python here: the environment is built with a
@@ -26,7 +33,7 @@ ROOT = Path(__file__).resolve().parent
 BOOTSTRAP = ROOT / ".dev" / "bootstrap"
 BIN = "Scripts" if os.name == "nt" else "bin"
 EXE = ".exe" if os.name == "nt" else ""
-LINT_PATHS = ("runbridge", "tests", "bench", "examples")
+LINT_PATHS = ("runbridge", "tests", "bench", "examples", "tools")
 
 
 class DevError(Exception):
@@ -171,12 +178,26 @@ def cmd_test(args: list[str]) -> int:
         say(f"FAILED: pytest (exit {rc})")
         return rc
     say(f"ok: pytest ({time.monotonic() - t0:.1f} s)")
+    if args or os.environ.get("RUNBRIDGE_SKIP_MATRIX"):
+        say("skipped: the version matrix's CI rows (pytest arguments or RUNBRIDGE_SKIP_MATRIX)")
+        return 0
+    t0 = time.monotonic()
+    rc = run([sys.executable, str(ROOT / "tools" / "matrix.py"), "--ci"], env, check=False)
+    if rc != 0:
+        say(f"FAILED: the version matrix's CI rows (exit {rc})")
+        return rc
+    say(f"ok: version matrix, CI rows ({time.monotonic() - t0:.1f} s)")
     return 0
 
 
 def cmd_demo(args: list[str]) -> int:
     uv, env = sync()
     return run([uv, "run", "--no-sync", "runbridge", "demo", *args], env, check=False)
+
+
+def cmd_matrix(args: list[str]) -> int:
+    _uv, env = sync()
+    return run([sys.executable, str(ROOT / "tools" / "matrix.py"), *args], env, check=False)
 
 
 def cmd_sync(args: list[str]) -> int:
@@ -186,7 +207,7 @@ def cmd_sync(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"sync": cmd_sync, "test": cmd_test, "demo": cmd_demo}
+COMMANDS = {"sync": cmd_sync, "test": cmd_test, "demo": cmd_demo, "matrix": cmd_matrix}
 
 
 def main(argv: list[str]) -> int:
