@@ -11,7 +11,7 @@ server would, and the answer has exactly the fields asked for, under their alias
 Supported root fields::
 
     query     viewer, project(name, entityName) { run(name), runQueue(name) { runQueueItem(id),
-              runQueueItems }, runQueues }
+              runQueueItems(first) { edges { node } } }, runQueues }
     mutation  upsertBucket, updateRunState, stopRun, pushToRunQueueByName, pushToRunQueue,
               deleteFromRunQueue
 
@@ -24,9 +24,11 @@ SDK's ``Run.create`` (``upsertBucket``).
 W&B Launch: ``pushToRunQueueByName`` puts an item (state ``PENDING``) on a queue; ``pickup``
 seconds later an emulated launch agent claims it (``CLAIMED``, ``associatedRunId`` set to the
 spec's ``run_id`` or a new id) and the run starts in the spec's entity/project, following the
-next queued script. A script with ``final="FAILED"`` and no steps makes the agent fail the
-item instead (``FAILED``, no run). ``stopRun`` marks the run ``stopped`` and ends it
-``killed``; ``deleteFromRunQueue`` removes an item that no agent claimed yet.
+next queued script. A queue item shows ``id``, ``state``, ``associatedRunId`` and the
+``runSpec`` it was pushed with (a JSON string). A script with ``final="FAILED"`` and no steps
+makes the agent fail the item instead (``FAILED``, no run). ``stopRun`` marks the run
+``stopped`` and ends it ``killed``; ``deleteFromRunQueue`` removes an item that no agent
+claimed yet.
 """
 
 from __future__ import annotations
@@ -140,11 +142,16 @@ SCHEMA: dict[str, dict[str, FieldDef]] = {
         "createdBy": _f("String"),
         "access": _f("String"),
         "runQueueItem": _f("RunQueueItem", "id"),
-        "runQueueItems": _f("RunQueueItemConnection"),
+        "runQueueItems": _f("RunQueueItemConnection", "first"),
     },
     "RunQueueItemConnection": {"edges": _f("[RunQueueItemEdge]")},
     "RunQueueItemEdge": {"node": _f("RunQueueItem")},
-    "RunQueueItem": {"id": _f("ID"), "state": _f("String"), "associatedRunId": _f("String")},
+    "RunQueueItem": {
+        "id": _f("ID"),
+        "state": _f("String"),
+        "associatedRunId": _f("String"),
+        "runSpec": _f("JSONString"),
+    },
     "UpsertBucketPayload": {
         "bucket": _f("Run"),
         "inserted": _f("Boolean"),
@@ -609,7 +616,8 @@ class WandBEmulator(Emulator):
 
     ``entity`` is the viewer's default entity; ``queues`` are created in its
     ``model-registry`` project; ``pickup`` is how long a pushed item waits for the emulated
-    agent; ``legacy_push=True`` emulates a server whose push payload has no ``runSpec`` field.
+    agent; ``legacy_push=True`` emulates a server whose push payload has no ``runSpec`` field,
+    ``item_spec=False`` one whose queue items show none (see docs/platforms/wandb.md, §6).
     """
 
     platform = "wandb"
@@ -626,6 +634,7 @@ class WandBEmulator(Emulator):
         queues: Iterable[str] = ("default",),
         pickup: float = 0.2,
         legacy_push: bool = False,
+        item_spec: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -643,6 +652,8 @@ class WandBEmulator(Emulator):
         self.schema: dict[str, dict[str, FieldDef]] = {k: dict(v) for k, v in SCHEMA.items()}
         if legacy_push:
             del self.schema["PushToRunQueueByNamePayload"]["runSpec"]
+        if not item_spec:
+            del self.schema["RunQueueItem"]["runSpec"]
         for name in queues:
             self.add_queue(name)
 
@@ -836,20 +847,31 @@ class WandBEmulator(Emulator):
             found = queue.items.get(str(args.get("id")))
             return self._item_view(found) if found is not None else None
 
+        def items(args: Mapping[str, Any]) -> dict[str, Any]:
+            # oldest first; ``first: N`` (RunQueue._get_items asks for 100) keeps N of them
+            listed = list(queue.items.values())
+            first = args.get("first")
+            if isinstance(first, int) and not isinstance(first, bool):
+                listed = listed[: max(first, 0)]
+            return {"edges": [{"node": self._item_view(i)} for i in listed]}
+
         return {
             "id": queue.id,
             "name": queue.name,
             "createdBy": self.entity,
             "access": "PROJECT",
             "runQueueItem": item,
-            "runQueueItems": {
-                "edges": [{"node": self._item_view(i)} for i in queue.items.values()]
-            },
+            "runQueueItems": items,
         }
 
     @staticmethod
     def _item_view(item: QueueItem) -> dict[str, Any]:
-        return {"id": item.id, "state": item.state, "associatedRunId": item.run_id}
+        return {
+            "id": item.id,
+            "state": item.state,
+            "associatedRunId": item.run_id,
+            "runSpec": json.dumps(item.spec),
+        }
 
     # -- mutations --------------------------------------------------------------------------------
     def _run_by_storage_id(self, storage_id: Any) -> EmulatedRun:

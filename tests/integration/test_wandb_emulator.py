@@ -166,16 +166,49 @@ async def test_a_lost_push_answer_finds_the_run_by_its_key(
 async def test_a_lost_push_answer_before_an_agent_took_it(
     emu: WandBEmulator, client: ClientUnderTest
 ) -> None:
-    # The documented window: while the item waits in the queue no query can find it by key,
-    # so the push is sent again; both items carry the key's run id, so they name one W&B run.
+    # The push is enqueued but its answer is lost, and no agent took the item yet: no run
+    # exists, but the item carrying the key's run id is in the queue. find lists the queue's
+    # items, finds it, and the launch re-attaches to it instead of pushing a second time.
     emu.pickup = 0.3
     emu.inject(kind="drop", when="after", method="POST", path="/graphql")
     ref = await client.launch(LAUNCH, key="dag.lost.2", reuse=False)
-    assert len(emu.launches) == 2
-    assert {spec["run_id"] for spec in emu.launches} == {run_id_for_key("dag.lost.2")}
+    assert len(emu.launches) == 1 and emu.calls("pushToRunQueueByName") == 1
+    (queue,) = emu.queues.values()
+    (item,) = queue.items.values()
+    assert ref.id == item.id and ref.scope["kind"] == "queued"
+    assert ref.scope["run_id"] == run_id_for_key("dag.lost.2")
     status = await client.wait(ref, wait_timeout=10)
-    assert status.ref.id == run_id_for_key("dag.lost.2")
+    assert status.state is RunState.SUCCEEDED
+    assert status.ref.id == run_id_for_key("dag.lost.2") and "kind" not in status.ref.scope
     assert list(emu.runs) == [f"{DEFAULT_ENTITY}/{PROJECT}/{run_id_for_key('dag.lost.2')}"]
+
+
+async def test_a_server_whose_items_show_no_spec_keeps_the_documented_window(
+    emu: WandBEmulator, client: ClientUnderTest
+) -> None:
+    # A server that refuses runSpec on a queue item: find cannot see the item, so the push is
+    # sent again; both items carry the key's run id, so they still name one W&B run.
+    del emu.schema["RunQueueItem"]["runSpec"]
+    emu.pickup = 0.3
+    emu.inject(kind="drop", when="after", method="POST", path="/graphql")
+    ref = await client.launch(LAUNCH, key="dag.lost.3", reuse=False)
+    assert len(emu.launches) == 2
+    assert {spec["run_id"] for spec in emu.launches} == {run_id_for_key("dag.lost.3")}
+    status = await client.wait(ref, wait_timeout=10)
+    assert status.ref.id == run_id_for_key("dag.lost.3")
+    assert list(emu.runs) == [f"{DEFAULT_ENTITY}/{PROJECT}/{run_id_for_key('dag.lost.3')}"]
+
+
+async def test_a_relaunch_with_the_key_re_attaches_to_the_queued_item(
+    emu: WandBEmulator, client: ClientUnderTest
+) -> None:
+    emu.pickup = 30.0  # no agent takes it during the test
+    first = await client.launch(LAUNCH, key="dag.again.1")
+    again = await client.launch(LAUNCH, key="dag.again.1")
+    assert again == first and len(emu.launches) == 1
+    await client.cancel(again)  # deleted from its queue
+    status = await client.get(first)
+    assert (status.state, status.raw_state) == (RunState.CANCELLED, "deleted")
 
 
 async def test_transient_errors_are_ridden_out(emu: WandBEmulator, client: ClientUnderTest) -> None:

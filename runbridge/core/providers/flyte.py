@@ -35,6 +35,7 @@ import json
 import math
 import re
 import struct
+import zlib
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -55,6 +56,7 @@ from ..http import Exchange, Request, Response
 from ..models import LaunchSpec, RunRef, RunStatus, parse_time
 from ..schedule import parse_retry_after
 from ..states import RunState
+from ._parse import excerpt, integer, items, mapping, text, unreadable_launch
 from .base import Provider
 
 __all__ = [
@@ -185,10 +187,13 @@ def decode_stream(content: bytes, *, compression: str | None = None) -> StreamBo
                 raise ProtocolError(
                     f"flyte: a compressed stream message with encoding {compression!r}"
                 )
-            payload = gzip.decompress(payload)
+            try:
+                payload = gzip.decompress(payload)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise ProtocolError(f"flyte: a stream message is not valid gzip: {exc}") from None
         try:
             value = json.loads(payload) if payload else {}
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ProtocolError(f"flyte: a stream message is not JSON: {exc}") from None
         if flags & 0x02:
             end = value if isinstance(value, Mapping) else {}
@@ -255,42 +260,62 @@ def to_literal(value: Any, *, name: str = "input") -> dict[str, Any]:
     )
 
 
-def from_literal(literal: Any) -> Any:
+def from_literal(literal: Any, _depth: int = 0) -> Any:
     """A ``flyteidl2.core.Literal`` JSON as a plain value: primitives, None, lists, maps and
     generic structs become Python values (datetimes and durations stay strings); anything else
-    (blobs, msgpack binaries, offloaded literals) is returned as the literal's JSON."""
-    if not isinstance(literal, Mapping):
+    (blobs, msgpack binaries, offloaded literals) is returned as the literal's JSON.
+
+    Total: a literal of an unexpected shape (a collection that is not a list, a float that is
+    not a number) is returned as it is, never an error; the status it belongs to stands."""
+    if not isinstance(literal, Mapping) or _depth > 100:
         return literal
-    if "collection" in literal:
-        items = (literal.get("collection") or {}).get("literals") or []
-        return [from_literal(item) for item in items]
-    if "map" in literal:
-        entries = (literal.get("map") or {}).get("literals") or {}
-        return {str(k): from_literal(v) for k, v in entries.items()}
+    depth = _depth + 1
+    collection = literal.get("collection")
+    if isinstance(collection, Mapping) and isinstance(collection.get("literals", []), list):
+        return [from_literal(item, depth) for item in collection.get("literals") or []]
+    entries = mapping(literal.get("map")).get("literals")
+    if isinstance(literal.get("map"), Mapping) and isinstance(entries or {}, Mapping):
+        return {str(k): from_literal(v, depth) for k, v in (entries or {}).items()}
     scalar = literal.get("scalar")
     if isinstance(scalar, Mapping):
-        if "primitive" in scalar:
-            primitive = scalar.get("primitive") or {}
+        primitive = scalar.get("primitive")
+        if isinstance(primitive, Mapping):
             if "integer" in primitive:
-                try:
-                    return int(primitive["integer"])
-                except (TypeError, ValueError):
-                    return primitive["integer"]
+                value = integer(primitive["integer"])
+                return value if value is not None else primitive["integer"]
             if "floatValue" in primitive:
-                number = primitive["floatValue"]
-                return float(number) if isinstance(number, (int, float, str)) else number
+                return _float_value(primitive["floatValue"])
             for key in ("stringValue", "boolean", "datetime", "duration"):
                 if key in primitive:
                     return primitive[key]
             return None  # an empty primitive: the zero value of an unset oneof
+        if "primitive" in scalar:
+            return dict(literal)
         if "noneType" in scalar:
             return None
         if "generic" in scalar:
             return scalar["generic"]
         union = scalar.get("union")
         if isinstance(union, Mapping) and "value" in union:
-            return from_literal(union["value"])
+            return from_literal(union["value"], depth)
     return dict(literal)
+
+
+def _float_value(number: Any) -> Any:
+    """A proto3 JSON double: a number, or a string holding one (``"NaN"``, ``"1.5"``)."""
+    if isinstance(number, bool):
+        return number
+    if isinstance(number, (int, float)):
+        try:
+            return float(number)
+        except OverflowError:  # an integer beyond any double
+            return number
+    if isinstance(number, str):
+        try:
+            return float(number)
+        except ValueError:
+            return number
+    return number
 
 
 def _phase(raw: Any) -> str:
@@ -305,10 +330,6 @@ def _time(value: Any) -> datetime | None:
     if isinstance(value, str):
         value = _FRACTION.sub(r"\1", value)  # Python 3.10 reads at most 6 digits
     return parse_time(value)
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
 
 
 class Flyte(Provider):
@@ -432,19 +453,6 @@ class Flyte(Provider):
             run_id = {"org": org, **run_id}
         return run_id
 
-    def _ref(self, run_id: Any, org: str | None = None) -> RunRef:
-        if not isinstance(run_id, Mapping) or not all(
-            isinstance(run_id.get(k), str) and run_id.get(k) for k in ("project", "domain", "name")
-        ):
-            raise ProtocolError(
-                f"flyte: expected a RunIdentifier with project, domain and name, got {run_id!r:.200}"
-            )
-        scope = {"project": str(run_id["project"]), "domain": str(run_id["domain"])}
-        org = run_id.get("org") or org or self.org
-        if org:
-            scope["org"] = str(org)
-        return RunRef(self.name, str(run_id["name"]), scope)
-
     # -- errors ----------------------------------------------------------------------------
     def error_message(self, body: Any) -> str | None:
         if isinstance(body, Mapping) and isinstance(body.get("code"), str):
@@ -485,7 +493,9 @@ class Flyte(Provider):
             "body": response.text[:500],
         }
         if cls is RateLimited:
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            retry_after = parse_retry_after(
+                response.headers.get("retry-after"), response.received_at
+            )
             return RateLimited(message, retry_after=retry_after, **common)
         return cls(message, **common)
 
@@ -590,21 +600,41 @@ class Flyte(Provider):
             )
             if not isinstance(offloaded, Mapping) or not offloaded.get("uri"):
                 raise ProtocolError(
-                    f"flyte: UploadInputs answered no offloadedInputData: {uploaded!r:.200}"
+                    f"flyte: UploadInputs answered no offloadedInputData: {excerpt(uploaded)}"
                 )
             body["offloadedInputData"] = dict(offloaded)
         else:
             body["inputs"] = inputs
         if run_spec:
             body["runSpec"] = dict(run_spec)
-        created = self.decipher((yield self._unary("CreateRun", body, retry=False)))
+        response = yield self._unary("CreateRun", body, retry=False)
+        return self._created(response, project, domain, org, name)
+
+    def _created(
+        self, response: Response, project: str, domain: str, org: str | None, name: str | None
+    ) -> RunRef:
+        """The run a CreateRun answer reports. Where the answer leaves out the project, domain
+        or org, they are the ones asked for; where it cannot be read at all, a run named by
+        runbridge is still known by that name. Otherwise: a ProtocolError quoting it."""
+        if not response.ok:
+            raise self.error_for(response)
         try:
-            run_id_out = created["run"]["action"]["id"]["run"]
-        except (KeyError, TypeError):
-            raise ProtocolError(
-                f"flyte: CreateRun answered no run.action.id.run: {created!r:.200}"
-            ) from None
-        return self._ref(run_id_out, org)
+            created = response.json()
+        except ProtocolError:
+            created = None
+        run_id = mapping(mapping(mapping(mapping(created).get("run")).get("action")).get("id"))
+        identifier = mapping(run_id.get("run"))
+        named = text(identifier.get("name")) or name
+        if named is None:
+            raise unreadable_launch(self.name, "has no run.action.id.run", response)
+        scope = {
+            "project": text(identifier.get("project")) or project,
+            "domain": text(identifier.get("domain")) or domain,
+        }
+        org = text(identifier.get("org")) or org or self.org
+        if org:
+            scope["org"] = org
+        return RunRef(self.name, named, scope)
 
     def find(self, spec: LaunchSpec) -> Exchange[RunRef | None]:
         name = self._run_name(spec)
@@ -630,7 +660,7 @@ class Flyte(Provider):
         details = body.get("details") if isinstance(body, Mapping) else None
         action = details.get("action") if isinstance(details, Mapping) else None
         if not isinstance(action, Mapping):
-            raise ProtocolError(f"flyte: expected RunDetails with an action, got {body!r:.200}")
+            raise ProtocolError(f"flyte: expected RunDetails with an action, got {excerpt(body)}")
         return action
 
     def _finish(self, ref: RunRef, action: Mapping[str, Any]) -> Exchange[RunStatus]:
@@ -646,15 +676,18 @@ class Flyte(Provider):
         )
         outputs = dict(status.outputs)
         if response.ok:
-            data = self.decipher(response)
-            data = data if isinstance(data, Mapping) else {}
-            literals = (data.get("outputs") or {}).get("literals") or []
+            try:
+                data = mapping(self.decipher(response))
+            except ProtocolError as exc:  # the status stands without the values
+                outputs["error"] = f"outputs not read: {exc}"
+                return dataclasses.replace(status, outputs=outputs)
+            literals = items(mapping(data.get("outputs")).get("literals"))
             outputs["values"] = {
                 str(item.get("name")): from_literal(item.get("value"))
                 for item in literals
                 if isinstance(item, Mapping)
             }
-            if _text(data.get("outputsUri")):
+            if text(data.get("outputsUri")):
                 outputs["uri"] = data["outputsUri"]
         else:
             # e.g. data served by another cluster: the status stands without the values
@@ -667,18 +700,18 @@ class Flyte(Provider):
         status: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
         raw = _phase(status.get("phase"))
         state = self.map_state(raw)
-        attempts = [a for a in action.get("attempts") or [] if isinstance(a, Mapping)]
-        last = max(attempts, key=lambda a: int(a.get("attempt") or 0), default=None)
+        attempts = [a for a in items(action.get("attempts")) if isinstance(a, Mapping)]
+        last = max(attempts, key=lambda a: integer(a.get("attempt")) or 0, default=None)
         message: str | None = None
         error = action.get("errorInfo")
         if not isinstance(error, Mapping) and last is not None and state.is_terminal:
             error = last.get("errorInfo")
         abort = action.get("abortInfo")
         if state is RunState.CANCELLED and isinstance(abort, Mapping):
-            message = f"aborted: {abort['reason']}" if _text(abort.get("reason")) else "aborted"
+            message = f"aborted: {abort['reason']}" if text(abort.get("reason")) else "aborted"
         elif state.is_terminal and state is not RunState.SUCCEEDED and isinstance(error, Mapping):
-            text, kind, code = error.get("message"), error.get("kind"), error.get("code")
-            parts = [p for p in (_text(code), _text(text)) if p]
+            said, kind, code = error.get("message"), error.get("kind"), error.get("code")
+            parts = [p for p in (text(code), text(said)) if p]
             message = ": ".join(parts) or None
             if message and isinstance(kind, str) and kind not in ("", "KIND_UNSPECIFIED"):
                 message = f"{message} ({kind.removeprefix('KIND_').lower()} error)"
@@ -686,7 +719,7 @@ class Flyte(Provider):
             message = "paused: waiting for a signal"
         outputs: dict[str, Any] = {}
         if last is not None and isinstance(last.get("outputs"), Mapping):
-            uri = _text(last["outputs"].get("outputUri"))
+            uri = text(mapping(last.get("outputs")).get("outputUri"))
             if uri and state is RunState.SUCCEEDED:
                 outputs["uri"] = uri
         ended = _time(status.get("endTime")) if state.is_terminal else None
@@ -740,15 +773,15 @@ class Flyte(Provider):
             if latest is not None and (
                 error is None
                 or code in STREAM_ENDS
-                or self.map_state(_phase((latest.get("status") or {}).get("phase"))).is_terminal
+                or self.map_state(_phase(mapping(latest.get("status")).get("phase"))).is_terminal
             ):
                 return (yield from self._finish(ref, latest))
             if error is not None and code == "not_found":
                 # No such run, or a root action with another name: GetRunDetails tells which.
                 check = yield self._unary("GetRunDetails", {"runId": self._run_id(ref)}, retry=True)
                 action = self._details_action(self.decipher(check))
-                name = (action.get("id") or {}).get("name")
-                terminal = self.map_state(_phase((action.get("status") or {}).get("phase")))
+                name = mapping(action.get("id")).get("name")
+                terminal = self.map_state(_phase(mapping(action.get("status")).get("phase")))
                 if (
                     isinstance(name, str)
                     and name

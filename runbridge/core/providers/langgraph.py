@@ -28,11 +28,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 from ..errors import ConfigError, ProtocolError, RunNotFound
 from ..http import Exchange, Request, Response
 from ..models import LaunchSpec, RunRef, RunStatus, parse_time
 from ..states import RunState
+from ._parse import excerpt, ident, mapping, text, unreadable_launch
 from .base import Provider
 
 __all__ = ["STATES", "LangGraph"]
@@ -58,6 +60,11 @@ METADATA_KEY = "runbridge_key"
 def thread_for_key(key: str) -> str:
     """The dedicated thread id of a keyed launch."""
     return str(uuid.uuid5(KEY_NAMESPACE, key))
+
+
+def _segment(value: str) -> str:
+    """An id as one URL path segment (a ``/`` or ``?`` in it cannot change the path)."""
+    return quote(value, safe="")
 
 
 class LangGraph(Provider):
@@ -140,22 +147,44 @@ class LangGraph(Provider):
         body, thread_id, stateless = self._body(spec)
         if stateless:
             response = yield Request("POST", "/runs", json=body)
-            return self._ref(self.decipher(response))
+            return self._launched(response, None)
         if thread_id is None:
-            thread_id = thread_for_key(spec.key) if spec.key else str(uuid.uuid4())
+            thread_id = thread_for_key(spec.key) if spec.key else self.new_id()
             thread: dict[str, Any] = {"thread_id": thread_id, "if_exists": "do_nothing"}
             if spec.key:
                 thread["metadata"] = {METADATA_KEY: spec.key}
-            # Safe to resend: the id is ours and an existing thread is left as it is.
-            self.decipher((yield Request("POST", "/threads", json=thread, retry=True)))
+            # Safe to resend: the id is ours and an existing thread is left as it is. Only the
+            # status matters: the thread is ours whatever the body says.
+            created: Response = yield Request("POST", "/threads", json=thread, retry=True)
+            if not created.ok:
+                raise self.error_for(created)
             body.setdefault("multitask_strategy", "reject")
-        response = yield Request("POST", f"/threads/{thread_id}/runs", json=body)
-        return self._ref(self.decipher(response))
+        response = yield Request("POST", f"/threads/{_segment(thread_id)}/runs", json=body)
+        return self._launched(response, thread_id)
+
+    def _launched(self, response: Response, thread_id: str | None) -> RunRef:
+        """The run a launch answer reports. A run on a thread of ours keeps that thread when
+        the answer does not name it; an answer with no readable run id is a ProtocolError."""
+        if not response.ok:
+            raise self.error_for(response)
+        try:
+            run = mapping(response.json())
+        except ProtocolError:
+            run = mapping(None)
+        run_id = ident(run.get("run_id"))
+        thread = ident(run.get("thread_id")) or thread_id
+        if run_id is None or thread is None:
+            raise unreadable_launch(
+                self.name, "is not a run object with run_id and thread_id", response, run_id=run_id
+            )
+        return RunRef(self.name, run_id, {"thread_id": thread})
 
     def find(self, spec: LaunchSpec) -> Exchange[RunRef | None]:
         assert spec.key is not None
         thread_id = spec.params.get("thread_id") or thread_for_key(spec.key)
-        response = yield Request("GET", f"/threads/{thread_id}/runs", params={"limit": 100})
+        response = yield Request(
+            "GET", f"/threads/{_segment(thread_id)}/runs", params={"limit": 100}
+        )
         if response.status_code == 404:
             return None
         runs = self.decipher(response)
@@ -165,35 +194,34 @@ class LangGraph(Provider):
             run
             for run in runs
             if isinstance(run, Mapping)
-            and (run.get("metadata") or {}).get(METADATA_KEY) == spec.key
+            and mapping(run.get("metadata")).get(METADATA_KEY) == spec.key
+            and ident(run.get("run_id"))
         ]
         if not mine:
             return None
         first = min(
-            mine, key=lambda run: (str(run.get("created_at") or ""), str(run.get("run_id")))
+            mine,
+            key=lambda run: (text(run.get("created_at")) or "", str(ident(run.get("run_id")))),
         )
-        return self._ref(first)
-
-    def _ref(self, run: Any) -> RunRef:
-        if not isinstance(run, Mapping) or not run.get("run_id") or not run.get("thread_id"):
-            raise ProtocolError(
-                f"langgraph: expected a run object with run_id and thread_id, got {run!r:.200}"
-            )
-        return RunRef(self.name, str(run["run_id"]), {"thread_id": str(run["thread_id"])})
+        run_id = ident(first.get("run_id"))
+        assert run_id is not None  # (filtered above)
+        return RunRef(self.name, run_id, {"thread_id": ident(first.get("thread_id")) or thread_id})
 
     # -- status ------------------------------------------------------------------------------
     def _run_path(self, ref: RunRef) -> str:
-        return f"/threads/{ref.scope['thread_id']}/runs/{ref.id}"
+        return f"/threads/{_segment(ref.scope['thread_id'])}/runs/{_segment(ref.id)}"
 
     def status(self, ref: RunRef) -> Exchange[RunStatus]:
-        run = self.decipher((yield Request("GET", self._run_path(ref))))
-        if not isinstance(run, Mapping) or "status" not in run:
-            raise ProtocolError(f"langgraph: expected a run object with a status, got {run!r:.200}")
-        raw = str(run["status"])
-        state = self.map_state(raw)
+        response: Response = yield Request("GET", self._run_path(ref))
+        run = self.decipher(response)
+        if not isinstance(run, Mapping) or not isinstance(run.get("status"), str):
+            raise ProtocolError(
+                f"langgraph: expected a run object with a status, got {excerpt(response)}"
+            )
+        state = self.map_state(run["status"])
         thread: Any = None
         if state.is_terminal and self.read_thread:
-            response = yield Request("GET", f"/threads/{ref.scope['thread_id']}")
+            response = yield Request("GET", f"/threads/{_segment(ref.scope['thread_id'])}")
             if response.ok:
                 thread = self.decipher(response)
         return self.parse_status(ref, run, thread)
@@ -219,7 +247,7 @@ class LangGraph(Provider):
             url = self.run_url.format(
                 thread_id=ref.scope.get("thread_id", ""),
                 run_id=ref.id,
-                assistant_id=run.get("assistant_id", ""),
+                assistant_id=ident(run.get("assistant_id")) or "",
             )
         return RunStatus(
             ref=ref,

@@ -39,9 +39,10 @@ from typing import Any, Literal, Union
 from urllib.parse import quote
 
 from ..errors import BadRequest, ConfigError, ProtocolError
-from ..http import Exchange, Request
+from ..http import Exchange, Request, Response
 from ..models import LaunchSpec, RunRef, RunStatus, parse_time
 from ..states import RunState
+from ._parse import excerpt, ident, items, mapping, number, unreadable_launch
 from .base import Provider
 
 __all__ = [
@@ -99,9 +100,7 @@ def _int(value: Any) -> int | None:
 
 
 def _float(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
+    return number(value)
 
 
 def _map(value: Any) -> Mapping[str, Any]:
@@ -214,7 +213,10 @@ class RowResults:
         """``rejected_rows / input_rows``; None when either count is missing or no row came in."""
         if self.rejected_rows is None or not self.input_rows or self.input_rows <= 0:
             return None
-        return self.rejected_rows / self.input_rows
+        try:
+            return self.rejected_rows / self.input_rows
+        except OverflowError:  # counts of hundreds of digits: far more rejected than read
+            return math.inf
 
     @classmethod
     def from_dict(cls, data: Any) -> RowResults:
@@ -447,7 +449,7 @@ class Lume(Provider):
                 parts = []
                 for item in detail:
                     if isinstance(item, Mapping):
-                        loc = ".".join(str(p) for p in item.get("loc") or () if p != "body")
+                        loc = ".".join(str(p) for p in items(item.get("loc")) if p != "body")
                         msg = str(item.get("msg") or item.get("type") or "invalid")
                         parts.append(f"{loc}: {msg}" if loc else msg)
                     else:
@@ -498,12 +500,18 @@ class Lume(Provider):
                 request_id=error.request_id,
                 body=error.body,
             )
-        return self._ref(self.decipher(response))
+        return self._launched(response)
 
-    def _ref(self, run: Any) -> RunRef:
-        run_id = (run.get("id") or run.get("run_id")) if isinstance(run, Mapping) else None
-        if not isinstance(run_id, str) or not run_id:
-            raise ProtocolError(f"lume: expected a run object with an id, got {run!r:.200}")
+    def _launched(self, response: Response) -> RunRef:
+        if not response.ok:
+            raise self.error_for(response)
+        try:
+            run = mapping(response.json())
+        except ProtocolError:
+            run = mapping(None)
+        run_id = ident(run.get("id")) or ident(run.get("run_id"))
+        if run_id is None:
+            raise unreadable_launch(self.name, "is not a run object with an id", response)
         return RunRef(self.name, run_id)
 
     # -- status ------------------------------------------------------------------------------
@@ -511,7 +519,7 @@ class Lume(Provider):
         path = self.status_path.format(run_id=quote(ref.id, safe=""))
         run = self.decipher((yield Request("GET", path)))
         if not isinstance(run, Mapping) or not run.get("status"):
-            raise ProtocolError(f"lume: expected a run object with a status, got {run!r:.200}")
+            raise ProtocolError(f"lume: expected a run object with a status, got {excerpt(run)}")
         return self.parse_run(ref, run)
 
     def parse_run(self, ref: RunRef, run: Mapping[str, Any]) -> RunStatus:
@@ -602,12 +610,12 @@ class Lume(Provider):
             payload = payload["data"]
         if not isinstance(payload, Mapping):
             raise ProtocolError(
-                f"lume: a webhook delivery must be a JSON object, got {payload!r:.200}"
+                f"lume: a webhook delivery must be a JSON object, got {excerpt(payload)}"
             )
-        run_id = payload.get("run_id") or payload.get("id")
-        if not isinstance(run_id, str) or not run_id or not payload.get("status"):
+        run_id = ident(payload.get("run_id")) or ident(payload.get("id"))
+        if run_id is None or not payload.get("status"):
             raise ProtocolError(
-                f"lume: a webhook delivery needs run_id and status, got {dict(payload)!r:.200}"
+                f"lume: a webhook delivery needs run_id and status, got {excerpt(dict(payload))}"
             )
         metadata = payload.get("metadata")
         if not isinstance(metadata, Mapping):

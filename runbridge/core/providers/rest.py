@@ -23,14 +23,16 @@ with a message naming the field.
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import ConfigError, ProtocolError
-from ..http import Exchange, Request
+from ..http import Exchange, Request, Response
 from ..models import LaunchSpec, RunRef, RunStatus, parse_time
 from ..states import RunState
+from ._parse import excerpt, ident, unreadable_launch
 from .base import Provider
 
 __all__ = ["RestProvider", "dig"]
@@ -59,7 +61,7 @@ def dig(data: Any, path: str) -> Any:
     for part in path.split("."):
         if isinstance(data, Mapping):
             data = data.get(part)
-        elif isinstance(data, list) and part.lstrip("-").isdigit():
+        elif isinstance(data, list) and re.fullmatch(r"-?[0-9]+", part):
             index = int(part)
             data = data[index] if -len(data) <= index < len(data) else None
         else:
@@ -213,15 +215,17 @@ class RestProvider(Provider):
         if spec.key and cfg.get("idempotency_header"):
             headers[cfg["idempotency_header"]] = spec.key
             retry = True  # the platform de-duplicates on the key
-        response = yield Request(
+        response: Response = yield Request(
             cfg["method"], path, json=body, headers=headers or None, retry=retry
         )
-        data = self.decipher(response)
-        run_id = dig(data, cfg["id"])
-        if run_id is None or run_id == "":
-            raise ProtocolError(f"rest: the launch answer has no run id at {cfg['id']!r}")
+        data = self.decipher(response)  # an answer that is not JSON: a ProtocolError quoting it
+        run_id = ident(dig(data, cfg["id"]))
+        if run_id is None:
+            raise unreadable_launch(
+                self.name, f"has no run id at {cfg['id']!r} (a string or an integer)", response
+            )
         scope = {name: str(params[name]) for name in cfg.get("scope", []) if name in params}
-        return RunRef(self.name, str(run_id), scope)
+        return RunRef(self.name, run_id, scope)
 
     def status(self, ref: RunRef) -> Exchange[RunStatus]:
         cfg = self.status_cfg
@@ -233,8 +237,11 @@ class RestProvider(Provider):
     def parse_status(self, ref: RunRef, data: Any) -> RunStatus:
         cfg = self.status_cfg
         raw = dig(data, cfg["state"])
-        if raw is None:
-            raise ProtocolError(f"rest: the status answer has no state at {cfg['state']!r}")
+        if isinstance(raw, (dict, list)) or raw is None:
+            raise ProtocolError(
+                f"rest: the status answer has no state at {cfg['state']!r} (a string or a "
+                f"number): {excerpt(data)}"
+            )
 
         def get(key: str) -> Any:
             return dig(data, cfg[key]) if key in cfg else None
@@ -246,7 +253,7 @@ class RestProvider(Provider):
             ref=ref,
             state=self.map_state(raw),
             raw_state=str(raw),
-            url=str(url) if url else None,
+            url=url if isinstance(url, str) and url else None,
             message=str(message) if message else None,
             outputs=outputs
             if isinstance(outputs, Mapping)

@@ -38,6 +38,7 @@ from ..errors import ConfigError, PlatformError, ProtocolError
 from ..http import Exchange, Request, Response
 from ..models import LaunchSpec, RunRef, RunStatus, parse_time
 from ..states import RunState
+from ._parse import excerpt, ident, mapping, text
 from .base import Provider
 
 __all__ = ["STATES", "Vi", "run_for_key"]
@@ -228,11 +229,12 @@ class Vi(Provider):
 
     def launch(self, spec: LaunchSpec) -> Exchange[RunRef]:
         org, body, flow_id = self._launch_body(spec)
-        run_id = run_for_key(spec.key) if spec.key else str(uuid.uuid4())
+        run_id = run_for_key(spec.key) if spec.key else self.new_id()
         # A PUT to an existing id replaces that run: never do it. A key names one run.
         existing: Response = yield self._get_run(org, run_id)
         if existing.status_code != 404:
-            return self._ref(self.decipher(existing), org)
+            # a run with this id exists (or the answer is an error): never PUT over it
+            return self._launched(existing, org, run_id)
         if flow_id is not None:
             response = yield Request(
                 "GET",
@@ -249,7 +251,21 @@ class Vi(Provider):
             # (find) and only then PUTs again, so a PUT never lands on a run that exists.
             retry=False,
         )
-        return self._ref(self.decipher(response), org)
+        return self._launched(response, org, run_id)
+
+    def _launched(self, response: Response, org: str, run_id: str) -> RunRef:
+        """The run a 2xx answer about ``run_id`` (the id runbridge chose) reports, as the server
+        names it; an answer that cannot be read still means that run exists under that id."""
+        if not response.ok:
+            raise self.error_for(response)
+        try:
+            run = response.json()
+        except ProtocolError:
+            run = None
+        org = text(mapping(run).get("workspaceId")) or org
+        return RunRef(
+            self.name, ident(mapping(run).get("runId")) or run_id, {"organization_id": org}
+        )
 
     def _flow_of(self, data: Any, flow_id: str) -> dict[str, Any]:
         """The FlowSpec in a flow document (``{"kind": "Flow", "spec": {...}}``), or the document
@@ -257,7 +273,7 @@ class Vi(Provider):
         if isinstance(data, Mapping) and isinstance(data.get("spec"), Mapping):
             data = data["spec"]
         if not isinstance(data, Mapping) or any(name not in data for name in FLOW_FIELDS):
-            raise ProtocolError(f"vi: flow {flow_id} has no flow spec in {data!r:.200}")
+            raise ProtocolError(f"vi: flow {flow_id} has no flow spec in {excerpt(data)}")
         return dict(data)
 
     def find(self, spec: LaunchSpec) -> Exchange[RunRef | None]:
@@ -269,10 +285,11 @@ class Vi(Provider):
         return self._ref(self.decipher(response), org)
 
     def _ref(self, run: Any, org: str) -> RunRef:
-        if not isinstance(run, Mapping) or not run.get("runId"):
-            raise ProtocolError(f"vi: expected a run object with a runId, got {run!r:.200}")
+        run_id = ident(mapping(run).get("runId"))
+        if run_id is None:
+            raise ProtocolError(f"vi: expected a run object with a runId, got {excerpt(run)}")
         return RunRef(
-            self.name, str(run["runId"]), {"organization_id": str(run.get("workspaceId") or org)}
+            self.name, run_id, {"organization_id": text(mapping(run).get("workspaceId")) or org}
         )
 
     # -- status ---------------------------------------------------------------------------------
@@ -305,7 +322,7 @@ class Vi(Provider):
 
     def parse_status(self, ref: RunRef, run: Any) -> RunStatus:
         if not isinstance(run, Mapping) or not isinstance(run.get("status"), Mapping):
-            raise ProtocolError(f"vi: expected a run object with a status, got {run!r:.200}")
+            raise ProtocolError(f"vi: expected a run object with a status, got {excerpt(run)}")
         status: Mapping[str, Any] = run["status"]
         spec, metadata = _mapping(run.get("spec")), _mapping(run.get("metadata"))
         conditions = status.get("conditions")
@@ -435,7 +452,7 @@ class Vi(Provider):
             )
             page = self.decipher(response)
             if not isinstance(page, Mapping) or not isinstance(page.get("items", []), list):
-                raise ProtocolError(f"vi: expected a page of runs, got {page!r:.200}")
+                raise ProtocolError(f"vi: expected a page of runs, got {excerpt(page)}")
             for item in page.get("items", []):
                 ref = self._ref(item, org)
                 runs.append(self.parse_status(ref, item))

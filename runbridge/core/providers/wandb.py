@@ -21,7 +21,12 @@ Facts and their sources are in docs/platforms/wandb.md (wandb 0.31.0). In short:
   then ends ``killed``. A queue item that no agent took yet is deleted from its queue instead
   (``deleteFromRunQueue``, the SDK's ``QueuedRun.delete()``).
 * Idempotent launch: the launch spec's ``run_id`` is honoured by the launch agent, so a key
-  gives a run id derived from it and ``find`` looks that run up by name.
+  gives a run id derived from it; ``find`` looks that run up by name, and while no run exists,
+  the queue item whose spec carries that run id, so a push whose answer was lost is not pushed
+  again.
+* No state: the provider remembers nothing between operations (no item -> run cache, no record
+  of its deletes); a queued ref's status reads W&B each time (its run first when the ref knows
+  the run id), and an item gone before any run started is CANCELLED (``deleted``) for everyone.
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
@@ -49,6 +53,7 @@ from ..errors import (
 from ..http import Exchange, Request, Response
 from ..models import LaunchSpec, RunRef, RunStatus, parse_time
 from ..states import RunState
+from ._parse import excerpt, ident, items, mapping, text, unreadable_launch
 from .base import Provider
 
 __all__ = [
@@ -100,7 +105,6 @@ _RESERVED_ID_CHARS = ":;,#?/'"
 _CONTROL_PARAMS = frozenset(
     {"queue", "queue_project", "priority", "template_variables", "docker_image"}
 )
-_CACHE_SIZE = 10_000
 
 RUN_QUERY = """query RunbridgeRun($entity: String!, $project: String!, $name: String!) {
   project(name: $project, entityName: $entity) {
@@ -117,6 +121,19 @@ QUEUE_ID_QUERY = """query RunbridgeRunQueue($projectName: String!, $entityName: 
 $runQueue: String!) {
   project(name: $projectName, entityName: $entityName) { runQueue(name: $runQueue) { id } }
 }"""
+QUEUE_ITEMS_QUERY = """query RunbridgeRunQueueItems($projectName: String!, $entityName: String!, \
+$runQueue: String!) {
+  project(name: $projectName, entityName: $entityName) {
+    runQueue(name: $runQueue) {
+      runQueueItems(first: 100) { edges { node { id state associatedRunId runSpec } } }
+    }
+  }
+}"""
+"""The items of a run queue with their launch specs, for ``find``. The SDK lists items with
+``runQueueItems(first: 100)`` (``RunQueue._get_items``, ``wandb/apis/public/jobs.py:713-748``);
+``runSpec`` is what ``popFromRunQueue`` hands the agent (``wandb/sdk/launch/api.py:271-302``);
+that an item shows it is assumed (docs/platforms/wandb.md, section 6)."""
+_NO_ITEM_SPEC = 'Cannot query field "runSpec" on type "RunQueueItem"'
 DELETE_ITEM_MUTATION = """mutation RunbridgeDeleteFromRunQueue($queueID: ID!, \
 $runQueueItemId: ID!) {
   deleteFromRunQueue(input: {queueID: $queueID, runQueueItemId: $runQueueItemId}) { success }
@@ -249,9 +266,8 @@ class WandB(Provider):
         ):
             raise ConfigError(f"wandb: app_url must be an http(s) URL, got {app_url!r}")
         self.app_url = app_url.rstrip("/") if app_url else None
-        # Queue items whose run is known (item -> run id), and items runbridge deleted.
-        self._followed: OrderedDict[tuple[str, ...], str] = OrderedDict()
-        self._deleted: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        # Nothing else: a provider keeps no state between operations (it is shared by every
+        # thread and wait of a client), so what a queued launch became is read from W&B.
 
     def auth_headers(self, token: str) -> dict[str, str]:
         credentials = base64.b64encode(f"api:{token}".encode()).decode("ascii")
@@ -306,18 +322,6 @@ class WandB(Provider):
     def _queued(ref: RunRef) -> bool:
         return ref.scope.get("kind") == "queued"
 
-    @staticmethod
-    def _item_key(ref: RunRef) -> tuple[str, ...]:
-        s = ref.scope
-        return (
-            s.get("queue_entity") or s["entity"],
-            s["queue_project"],
-            s["queue"],
-            ref.id,
-            s["entity"],
-            s["project"],
-        )
-
     def _run_ref(self, entity: str, project: str, run_id: str) -> RunRef:
         return RunRef(self.name, run_id, {"entity": entity, "project": project})
 
@@ -360,13 +364,15 @@ class WandB(Provider):
             raise self.error_for(response)
         body = response.json()
         if not isinstance(body, Mapping):
-            raise ProtocolError(f"wandb: a GraphQL answer must be a JSON object, got {body!r:.200}")
+            raise ProtocolError(
+                f"wandb: a GraphQL answer must be a JSON object, got {excerpt(body)}"
+            )
         if body.get("errors") or body.get("error"):
             messages = self._messages(body)
-            raise self._graphql_error(response, messages or [str(body.get("errors"))])
+            raise self._graphql_error(response, messages or [excerpt(body.get("errors"))])
         data = body.get("data")
         if not isinstance(data, Mapping):
-            raise ProtocolError(f"wandb: the GraphQL answer has no data: {body!r:.200}")
+            raise ProtocolError(f"wandb: the GraphQL answer has no data: {excerpt(body)}")
         return data
 
     def _graphql_error(self, response: Response, messages: list[str]) -> PlatformError:
@@ -417,10 +423,10 @@ class WandB(Provider):
         if project_data is None:
             return response, None, False
         if not isinstance(project_data, Mapping):
-            raise ProtocolError(f"wandb: unexpected project in the answer: {project_data!r:.200}")
+            raise ProtocolError(f"wandb: unexpected project in the answer: {excerpt(project_data)}")
         run = project_data.get("run")
         if run is not None and not isinstance(run, Mapping):
-            raise ProtocolError(f"wandb: unexpected run in the answer: {run!r:.200}")
+            raise ProtocolError(f"wandb: unexpected run in the answer: {excerpt(run)}")
         return response, run, True
 
     def _run_or_raise(self, ref: RunRef) -> Exchange[Mapping[str, Any]]:
@@ -447,7 +453,7 @@ class WandB(Provider):
         """A RunStatus from the run object of the GraphQL answer."""
         raw = run.get("state")
         if not isinstance(raw, str) or not raw:
-            raise ProtocolError(f"wandb: the run has no state: {dict(run)!r:.200}")
+            raise ProtocolError(f"wandb: the run has no state: {excerpt(dict(run))}")
         state = self.map_state(raw)
         message = STATE_MESSAGES.get(raw)
         if raw == "preempted" and self.preempted == "wait":
@@ -510,39 +516,44 @@ class WandB(Provider):
             raise self._not_found(response, f"no run queue {s['queue']!r} in {where}")
         item = queue.get("runQueueItem")
         if item is not None and not isinstance(item, Mapping):
-            raise ProtocolError(f"wandb: unexpected queue item in the answer: {item!r:.200}")
+            raise ProtocolError(f"wandb: unexpected queue item in the answer: {excerpt(item)}")
         return response, item
 
-    def _item_gone(self, ref: RunRef, response: Response) -> RunNotFound:
-        return self._not_found(
-            response,
-            f"no item {ref.id!r} in run queue {ref.scope['queue']!r} "
-            f"(it was deleted, or the id is wrong)",
+    @staticmethod
+    def _item_deleted(ref: RunRef) -> RunStatus:
+        """A queue item that is gone before a run started: deleted from its queue (by a cancel,
+        runbridge's or anyone's). Nothing runs, nothing will: CANCELLED."""
+        return RunStatus(
+            ref,
+            RunState.CANCELLED,
+            "deleted",
+            message=f"queue item {ref.id} is no longer in run queue {ref.scope['queue']!r} and "
+            "no run started for it (it was deleted from the queue)",
         )
 
     def _queued_status(self, ref: RunRef) -> Exchange[RunStatus]:
-        key = self._item_key(ref)
+        """The status of a queued launch: its run's once an agent started it, else the item's.
+
+        Read from W&B each time (no memory in the provider): with a known run id (a keyed
+        launch, or ``run_id`` given) the run is read first, so a started run costs one request;
+        otherwise the item is read, then the run it names."""
         entity, project = ref.scope["entity"], ref.scope["project"]
-        run_id = self._followed.get(key)
-        item: Mapping[str, Any] | None = None
+        known = ref.scope.get("run_id")
+        if known:
+            _, run, _ = yield from self._read_run(entity, project, known)
+            if run is not None:
+                return self.parse_run(self._run_ref(entity, project, known), run)
+        _, item = yield from self._read_item(ref)
+        if item is None:
+            return self._item_deleted(ref)
+        run_id = ident(item.get("associatedRunId"))
         if run_id is None:
-            response, item = yield from self._read_item(ref)
-            if item is None:
-                if key in self._deleted:
-                    return RunStatus(
-                        ref,
-                        RunState.CANCELLED,
-                        "deleted",
-                        message="removed from its run queue by runbridge before a run started",
-                    )
-                raise self._item_gone(ref, response)
-            associated = item.get("associatedRunId")
-            if not associated:
-                return self._item_status(ref, item)
-            run_id = str(associated)
-        _, run, _ = yield from self._read_run(entity, project, run_id)
+            return self._item_status(ref, item)
+        run = None
+        if run_id != known:  # (the known run was read above: it does not exist yet)
+            _, run, _ = yield from self._read_run(entity, project, run_id)
         if run is None:  # claimed by an agent, the run not created yet
-            raw = str(item.get("state") or "CLAIMED") if item is not None else "CLAIMED"
+            raw = text(item.get("state")) or "CLAIMED"
             return RunStatus(
                 ref,
                 QUEUE_ITEM_STATES.get(raw.upper(), RunState.PENDING),
@@ -551,11 +562,10 @@ class WandB(Provider):
                 f"to start in {entity}/{project}",
                 outputs={"queue_item": {"id": ref.id, "state": raw, "run_id": run_id}},
             )
-        self._remember(self._followed, key, run_id)
         return self.parse_run(self._run_ref(entity, project, run_id), run)
 
     def _item_status(self, ref: RunRef, item: Mapping[str, Any]) -> RunStatus:
-        raw = str(item.get("state") or "")
+        raw = text(item.get("state")) or ""
         state = QUEUE_ITEM_STATES.get(raw.upper(), RunState.UNKNOWN)
         queue = f"{ref.scope.get('queue_entity') or ref.scope['entity']}/" + (
             f"{ref.scope['queue_project']}/{ref.scope['queue']}"
@@ -571,18 +581,6 @@ class WandB(Provider):
             message=message,
             outputs={"queue_item": {"id": ref.id, "state": raw, "queue": queue}},
         )
-
-    @staticmethod
-    def _remember(
-        cache: OrderedDict[tuple[str, ...], Any], key: tuple[str, ...], value: Any
-    ) -> None:
-        cache.pop(key, None)
-        cache[key] = value  # newest last; the oldest go first past the bound
-        while len(cache) > _CACHE_SIZE:
-            try:
-                cache.popitem(last=False)
-            except KeyError:  # emptied by another thread meanwhile
-                break
 
     # -- launch and find -----------------------------------------------------------------------
     def _target(self, params: Mapping[str, Any]) -> tuple[str, str]:
@@ -613,12 +611,66 @@ class WandB(Provider):
         return spec.key is not None or spec.params.get("run_id") is not None
 
     def find(self, spec: LaunchSpec) -> Exchange[RunRef | None]:
+        """The run of a launch with this key (or ``run_id``), or its queue item while no agent
+        has started the run yet: so a push whose answer was lost is never pushed again."""
         entity, project = self._target(spec.params)
         run_id = self._run_id(spec)
         if run_id is None:
             return None
         _, run, _ = yield from self._read_run(entity, project, run_id)
-        return self._run_ref(entity, project, run_id) if run is not None else None
+        if run is not None:
+            return self._run_ref(entity, project, run_id)
+        params = spec.params
+        queue = params.get("queue") or self.queue
+        if not queue:
+            return None  # (a launch needs a queue: nothing was pushed)
+        scope = self._queued_scope(params, entity, project, run_id)
+        variables = {
+            "projectName": scope["queue_project"],
+            "entityName": scope.get("queue_entity") or entity,
+            "runQueue": scope["queue"],
+        }
+        response = yield self._graphql(QUEUE_ITEMS_QUERY, variables, "RunbridgeRunQueueItems")
+        try:
+            data = self._data(response)
+        except BadRequest as exc:
+            if _NO_ITEM_SPEC in exc.message:
+                return None  # a server whose items show no spec: no item can be found by it
+            raise
+        listed = mapping(mapping(data.get("project")).get("runQueue")).get("runQueueItems")
+        mine = []
+        for edge in items(mapping(listed).get("edges")):
+            node = mapping(mapping(edge).get("node"))
+            item_id = ident(node.get("id"))
+            launched, _ = _json_object(node.get("runSpec"))
+            if item_id is not None and launched.get("run_id") == run_id:
+                mine.append((text(node.get("state")) == "FAILED", item_id))
+        if not mine:
+            return None
+        _, item_id = min(mine)  # the first listed that the agent did not fail, if any
+        return RunRef(self.name, item_id, scope)
+
+    def _queued_scope(
+        self, params: Mapping[str, Any], entity: str, project: str, run_id: str | None
+    ) -> dict[str, str]:
+        """The scope of a queued launch's ref (the queue, where the run is logged, its id)."""
+        queue = _text(params.get("queue") or self.queue, "params['queue']")
+        queue_project = _text(params.get("queue_project") or self.queue_project, "queue_project")
+        scope = {
+            "kind": "queued",
+            "entity": entity,
+            "project": project,
+            "queue": queue,
+            "queue_project": queue_project,
+        }
+        queue_entity = params.get("queue_entity")
+        if queue_entity is not None:
+            queue_entity = _text(queue_entity, "params['queue_entity']")
+            if queue_entity != entity:
+                scope["queue_entity"] = queue_entity
+        if run_id is not None:
+            scope["run_id"] = run_id
+        return scope
 
     def launch(self, spec: LaunchSpec) -> Exchange[RunRef]:
         params = dict(spec.params)
@@ -699,71 +751,74 @@ class WandB(Provider):
                 retry=None,
             )
             data = self._data(response)
+        if "pushToRunQueueByName" not in data:
+            raise unreadable_launch(self.name, "has no data.pushToRunQueueByName", response)
         payload = data.get("pushToRunQueueByName")
-        item_id = payload.get("runQueueItemId") if isinstance(payload, Mapping) else None
-        if not item_id:
-            raise BadRequest(
-                f"W&B did not enqueue the launch (pushToRunQueueByName answered {payload!r}); "
-                f"check that run queue {queue!r} exists in {variables['entityName']}/"
-                f"{queue_project} and that the API key may push to it",
-                platform=self.name,
-                status_code=response.status_code,
-                body=response.text[:500],
-            )
-        scope = {
-            "kind": "queued",
-            "entity": entity,
-            "project": project,
-            "queue": queue,
-            "queue_project": queue_project,
-        }
-        if queue_entity and queue_entity != entity:
-            scope["queue_entity"] = queue_entity
-        if run_id is not None:
-            scope["run_id"] = run_id
-        return RunRef(self.name, str(item_id), scope)
+        if isinstance(payload, Mapping) and payload.get("runQueueItemId") not in (None, ""):
+            item_id = ident(payload.get("runQueueItemId"))
+            if item_id is None:
+                raise unreadable_launch(
+                    self.name, "has a runQueueItemId that is not an id", response
+                )
+            return RunRef(self.name, item_id, self._queued_scope(params, entity, project, run_id))
+        if payload is not None and not isinstance(payload, Mapping):
+            raise unreadable_launch(self.name, "has no pushToRunQueueByName object", response)
+        # The SDK's own test for "nothing was enqueued" (``_launch_add.py:230``): no payload, or
+        # one without an item id.
+        raise BadRequest(
+            f"W&B did not enqueue the launch (pushToRunQueueByName answered "
+            f"{excerpt(payload)}); "
+            f"check that run queue {queue!r} exists in {variables['entityName']}/"
+            f"{queue_project} and that the API key may push to it",
+            platform=self.name,
+            status_code=response.status_code,
+            body=response.text[:500],
+        )
 
     # -- cancel --------------------------------------------------------------------------------
     def cancel(self, ref: RunRef) -> Exchange[None]:
         if not self._queued(ref):
-            run = yield from self._run_or_raise(ref)
-            yield from self._stop(ref, run)
+            found = yield from self._run_or_raise(ref)
+            yield from self._stop(ref, found)
             return None
-        key = self._item_key(ref)
         entity, project = ref.scope["entity"], ref.scope["project"]
-        run_id = self._followed.get(key)
-        if run_id is None:
-            response, found = yield from self._read_item(ref)
-            if found is None:
-                if key in self._deleted:
-                    return None
-                raise self._item_gone(ref, response)
-            item = found
-            if item.get("associatedRunId"):
-                run_id = str(item["associatedRunId"])
-            elif str(item.get("state") or "").upper() == "FAILED":
-                return None  # the agent gave up on it: nothing runs
-            else:
-                yield from self._delete_item(ref, key)
+        known = ref.scope.get("run_id")
+        if known:
+            _, run, _ = yield from self._read_run(entity, project, known)
+            if run is not None:
+                yield from self._stop(self._run_ref(entity, project, known), run)
                 return None
-        run_ref = self._run_ref(entity, project, run_id)
-        response, claimed, _ = yield from self._read_run(entity, project, run_id)
+        response, item = yield from self._read_item(ref)
+        if item is None:
+            return None  # gone from its queue before a run started: nothing left to stop
+        associated = ident(item.get("associatedRunId"))
+        if associated is None:
+            if (text(item.get("state")) or "").upper() == "FAILED":
+                return None  # the agent gave up on it: nothing runs
+            yield from self._delete_item(ref)
+            return None
+        claimed = None
+        if associated != known:  # (the known run was read above: it does not exist yet)
+            response, claimed, _ = yield from self._read_run(entity, project, associated)
         if claimed is None:
             raise Conflict(
-                f"run {run_id!r} of queue item {ref.id} has been claimed by a launch agent but "
-                "has not started yet, so it cannot be stopped; try again shortly",
+                f"run {associated!r} of queue item {ref.id} has been claimed by a launch agent "
+                "but has not started yet, so it cannot be stopped; try again shortly",
                 platform=self.name,
                 status_code=response.status_code,
             )
-        yield from self._stop(run_ref, claimed)
+        yield from self._stop(self._run_ref(entity, project, associated), claimed)
         return None
 
     def _stop(self, ref: RunRef, run: Mapping[str, Any]) -> Exchange[None]:
-        if run.get("state") in ENDED:
+        state = run.get("state")
+        if isinstance(state, str) and state in ENDED:
             return None  # already over; stopping it would change nothing
-        storage_id = run.get("id")
-        if not storage_id:
-            raise ProtocolError(f"wandb: run {ref.id} has no storage id to stop it by")
+        storage_id = ident(run.get("id"))
+        if storage_id is None:
+            raise ProtocolError(
+                f"wandb: run {ref.id} has no storage id to stop it by: {excerpt(dict(run))}"
+            )
         response = yield self._graphql(STOP_RUN_MUTATION, {"id": storage_id}, "StopRun")
         result = self._data(response).get("stopRun")
         if not (isinstance(result, Mapping) and result.get("success")):
@@ -776,7 +831,7 @@ class WandB(Provider):
             )
         return None
 
-    def _delete_item(self, ref: RunRef, key: tuple[str, ...]) -> Exchange[None]:
+    def _delete_item(self, ref: RunRef) -> Exchange[None]:
         s = ref.scope
         variables = {
             "projectName": s["queue_project"],
@@ -785,12 +840,12 @@ class WandB(Provider):
         }
         response = yield self._graphql(QUEUE_ID_QUERY, variables, "RunbridgeRunQueue")
         project = self._data(response).get("project")
-        queue = project.get("runQueue") if isinstance(project, Mapping) else None
-        if not isinstance(queue, Mapping) or not queue.get("id"):
+        queue_id = ident(mapping(mapping(project).get("runQueue")).get("id"))
+        if queue_id is None:
             raise self._not_found(response, f"no run queue {s['queue']!r} to delete item from")
         response = yield self._graphql(
             DELETE_ITEM_MUTATION,
-            {"queueID": queue["id"], "runQueueItemId": ref.id},
+            {"queueID": queue_id, "runQueueItemId": ref.id},
             "RunbridgeDeleteFromRunQueue",
         )
         result = self._data(response).get("deleteFromRunQueue")
@@ -802,5 +857,4 @@ class WandB(Provider):
                 status_code=response.status_code,
                 body=response.text[:500],
             )
-        self._remember(self._deleted, key, None)
         return None

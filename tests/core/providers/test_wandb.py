@@ -406,8 +406,89 @@ def test_find_looks_the_derived_run_id_up() -> None:
     requests, found = step(provider.find(spec), with_run(run("running")))
     assert requests[0].json["variables"]["name"] == run_id_for_key("dag.t.1")
     assert found == RunRef("wandb", run_id_for_key("dag.t.1"), {"entity": E, "project": P})
-    _, missing = step(provider.find(spec), with_run(None))
-    assert missing is None
+    requests, missing = step(provider.find(spec), with_run(None), with_items())
+    assert missing is None and len(requests) == 2
+
+
+def with_items(*nodes: Any) -> Canned:
+    edges = [{"node": node} for node in nodes]
+    return answer({"project": {"runQueue": {"runQueueItems": {"edges": edges}}}})
+
+
+def queued_node(item: str, run_id: str, state: str = "PENDING", **spec: Any) -> dict[str, Any]:
+    launched = {**LAUNCH, "run_id": run_id, **spec}
+    return {"id": item, "state": state, "associatedRunId": None, "runSpec": json.dumps(launched)}
+
+
+def test_find_looks_for_the_queue_item_carrying_the_key_while_no_run_exists() -> None:
+    # A push whose answer was lost before an agent took the item: no run yet, but the item is
+    # in the queue with the key's run id in its spec. find returns it, so nothing is pushed twice.
+    spec = LaunchSpec(LAUNCH, key="dag.t.1")
+    mine = run_id_for_key("dag.t.1")
+    requests, found = step(
+        WandB().find(spec),
+        with_run(None),
+        with_items(queued_node("other", "rb-someone-else"), queued_node(ITEM, mine)),
+    )
+    listing = requests[1].json
+    assert listing["variables"] == {
+        "projectName": "model-registry",
+        "entityName": E,
+        "runQueue": "gpu",
+    }
+    assert "runQueueItems(first: 100)" in listing["query"]
+    assert "node { id state associatedRunId runSpec }" in listing["query"]
+    assert found == RunRef(
+        "wandb",
+        ITEM,
+        {
+            "kind": "queued",
+            "entity": E,
+            "project": P,
+            "queue": "gpu",
+            "queue_project": "model-registry",
+            "run_id": mine,
+        },
+    )
+    # the ref is the one launch would have returned
+    _, launched = step(WandB().launch(spec), pushed())
+    assert found == launched
+
+
+def test_find_prefers_an_item_the_agent_did_not_fail_and_reads_specs_as_objects() -> None:
+    mine = run_id_for_key("k")
+    failed = queued_node("failed-item", mine, state="FAILED")
+    live = {**queued_node("live-item", mine), "runSpec": {**LAUNCH, "run_id": mine}}
+    _, found = step(
+        WandB().find(LaunchSpec(LAUNCH, key="k")), with_run(None), with_items(failed, live)
+    )
+    assert found is not None and found.id == "live-item"
+    _, only_failed = step(
+        WandB().find(LaunchSpec(LAUNCH, key="k")), with_run(None), with_items(failed)
+    )
+    assert only_failed is not None and only_failed.id == "failed-item"
+
+
+@pytest.mark.parametrize(
+    "listing",
+    [
+        answer({"project": None}),
+        answer({"project": {"runQueue": None}}),
+        with_items({"id": ITEM, "state": "PENDING", "associatedRunId": None, "runSpec": "{x"}),
+        with_items({"id": None, "runSpec": json.dumps({"run_id": run_id_for_key("k")})}),
+        errors('Cannot query field "runSpec" on type "RunQueueItem".'),
+    ],
+)
+def test_find_without_an_item_of_the_key(listing: Canned) -> None:
+    # (the last: a server whose queue items show no spec; nothing can be found by it)
+    _, found = step(WandB().find(LaunchSpec(LAUNCH, key="k")), with_run(None), listing)
+    assert found is None
+
+
+def test_find_without_a_queue_reads_the_run_only() -> None:
+    spec = LaunchSpec({"entity": E, "project": P}, key="k")
+    requests, found = step(WandB().find(spec), with_run(None))
+    assert found is None and len(requests) == 1
 
 
 def test_run_ids_for_keys_are_stable_and_legal() -> None:
@@ -453,9 +534,38 @@ def test_a_queued_item_is_followed_into_its_run() -> None:
     assert status.ref == REF
     assert (status.state, status.raw_state) == (RunState.RUNNING, "running")
     assert status.url == "https://wandb.ai/acme/vision/runs/abc123"
-    # the item's run is remembered: the next check reads the run only
-    requests, status = step(provider.status(QUEUED), with_run(run("finished")))
-    assert len(requests) == 1 and status.state is RunState.SUCCEEDED and status.ref == REF
+    # the provider keeps no memory: the next check reads the item and the run again
+    requests, status = step(provider.status(QUEUED), with_item(item), with_run(run("finished")))
+    assert len(requests) == 2 and status.state is RunState.SUCCEEDED and status.ref == REF
+
+
+def test_a_keyed_queued_launch_reads_its_run_first() -> None:
+    # The ref of a keyed launch carries the run id the agent will use: once the run exists,
+    # one request per check, with nothing remembered between checks.
+    keyed = RunRef("wandb", ITEM, {**QUEUED.scope, "run_id": "abc123"})
+    requests, status = step(WandB().status(keyed), with_run(run("running")))
+    assert len(requests) == 1 and requests[0].json["variables"]["name"] == "abc123"
+    assert status.ref == REF and status.state is RunState.RUNNING
+    # before it exists: the item (the run named by the item is not read twice)
+    item = {"id": ITEM, "state": "CLAIMED", "associatedRunId": "abc123"}
+    requests, status = step(WandB().status(keyed), with_run(None), with_item(item))
+    assert len(requests) == 2 and (status.state, status.raw_state) == (RunState.PENDING, "CLAIMED")
+    requests, status = step(WandB().status(keyed), with_run(None), with_item(None))
+    assert (status.state, status.raw_state) == (RunState.CANCELLED, "deleted")
+
+
+def test_the_provider_holds_no_state_between_operations() -> None:
+    provider = WandB()
+    before = dict(vars(provider))
+    item = {"id": ITEM, "state": "CLAIMED", "associatedRunId": "abc123"}
+    step(provider.status(QUEUED), with_item(item), with_run(run("running")))
+    step(
+        provider.cancel(QUEUED),
+        with_item({"id": ITEM, "state": "PENDING", "associatedRunId": None}),
+        answer({"project": {"runQueue": {"id": "q"}}}),
+        answer({"deleteFromRunQueue": {"success": True}}),
+    )
+    assert vars(provider) == before
 
 
 def test_a_claimed_item_whose_run_has_not_started() -> None:
@@ -470,8 +580,11 @@ def test_a_claimed_item_whose_run_has_not_started() -> None:
 
 
 def test_a_missing_queue_item_or_queue() -> None:
-    with pytest.raises(RunNotFound, match="no item"):
-        step(WandB().status(QUEUED), with_item(None))
+    # An item gone before a run started was deleted from its queue (by whoever cancelled it):
+    # every process reports it the same way, CANCELLED, since no provider remembers anything.
+    _, status = step(WandB().status(QUEUED), with_item(None))
+    assert (status.state, status.raw_state) == (RunState.CANCELLED, "deleted")
+    assert "no longer in run queue 'gpu'" in (status.message or "")
     with pytest.raises(RunNotFound, match="no run queue 'gpu' in acme/model-registry"):
         step(WandB().status(QUEUED), answer({"project": {"runQueue": None}}))
 
@@ -502,7 +615,7 @@ def test_cancel_refused() -> None:
         step(WandB().cancel(REF), with_run(None))
 
 
-def test_cancel_deletes_an_unclaimed_queue_item_and_remembers_it() -> None:
+def test_cancel_deletes_an_unclaimed_queue_item() -> None:
     provider = WandB()
     queue_id = "UnVuUXVldWU6djE6Mg=="
     requests, _ = step(
@@ -517,9 +630,10 @@ def test_cancel_deletes_an_unclaimed_queue_item_and_remembers_it() -> None:
         "runQueue": "gpu",
     }
     assert requests[2].json["variables"] == {"queueID": queue_id, "runQueueItemId": ITEM}
-    _, status = step(provider.status(QUEUED), with_item(None))
+    # afterwards, in this process or any other: CANCELLED, and a second cancel does nothing
+    _, status = step(WandB().status(QUEUED), with_item(None))
     assert (status.state, status.raw_state) == (RunState.CANCELLED, "deleted")
-    requests, _ = step(provider.cancel(QUEUED), with_item(None))  # again: nothing to do
+    requests, _ = step(WandB().cancel(QUEUED), with_item(None))
     assert len(requests) == 1
 
 
@@ -544,3 +658,35 @@ def test_cancel_of_a_queued_item_stops_its_run() -> None:
             answer({"project": {"runQueue": {"id": "q"}}}),
             answer({"deleteFromRunQueue": {"success": False}}),
         )
+
+
+def test_cancel_of_a_keyed_queued_launch_stops_its_run_directly() -> None:
+    keyed = RunRef("wandb", ITEM, {**QUEUED.scope, "run_id": "abc123"})
+    requests, _ = step(
+        WandB().cancel(keyed), with_run(run("running")), answer({"stopRun": {"success": True}})
+    )
+    assert [r.json["operationName"] for r in requests] == ["RunbridgeRun", "StopRun"]
+    item = {"id": ITEM, "state": "CLAIMED", "associatedRunId": "abc123"}
+    with pytest.raises(Conflict, match="has not started yet"):
+        step(WandB().cancel(keyed), with_run(None), with_item(item))
+
+
+@pytest.mark.parametrize("state", [{"raw": "running"}, ["killed"], 7, None])
+def test_cancel_of_a_run_whose_state_is_not_a_string_still_stops_it(state: Any) -> None:
+    requests, _ = step(
+        WandB().cancel(REF),
+        with_run({**run("running"), "state": state}),
+        answer({"stopRun": {"success": True}}),
+    )
+    assert requests[1].json["variables"] == {"id": STORAGE_ID}
+
+
+@pytest.mark.parametrize("item_id", [{"id": "x"}, ["x"], True, 1.5])
+def test_a_push_answer_with_an_item_id_of_the_wrong_type_is_a_protocol_error(item_id: Any) -> None:
+    with pytest.raises(ProtocolError, match="runQueueItemId that is not an id"):
+        step(
+            WandB().launch(LaunchSpec(LAUNCH)),
+            answer({"pushToRunQueueByName": {"runQueueItemId": item_id}}),
+        )
+    with pytest.raises(ProtocolError, match="no pushToRunQueueByName object"):
+        step(WandB().launch(LaunchSpec(LAUNCH)), answer({"pushToRunQueueByName": [item_id]}))
