@@ -6,13 +6,22 @@ protocol. Each run follows a scripted :class:`Script` from launch: how long it s
 raw state and which terminal state it ends in. A fault middleware in front of every route can
 answer with an error status (5xx, 429 with ``Retry-After``), drop the connection mid-response,
 answer slowly, or send malformed JSON, before or *after* the request took effect (a launch
-whose response is lost is the case that creates duplicate runs in naive clients).
+whose response is lost is the case that creates duplicate runs in naive clients); after it
+took effect, it can also cut the real answer short or garble it.
+
+Faults are queued one by one (:meth:`Emulator.inject`) or drawn at random for a fraction of
+all requests (:class:`RandomFaults`, a soak's chaos); every fault met is recorded in
+``Emulator.injected``. Under concurrency, where launches arrive in no fixed order,
+``Emulator.script_for`` picks each launch's script from its request.
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import hashlib
 import json
+import random
 import threading
 import time
 import uuid
@@ -30,6 +39,8 @@ __all__ = [
     "EmulatedRun",
     "Emulator",
     "Fault",
+    "InjectedFault",
+    "RandomFaults",
     "RecordedRequest",
     "Script",
     "json_error",
@@ -99,17 +110,29 @@ class EmulatedRun:
         return self.started + self.script.duration if done else None
 
 
+FaultKind = Literal["status", "drop", "delay", "malformed", "truncate", "garble"]
+GARBLE = b"\xff\xfe\x00<garbled>"
+"""What a ``garble`` fault writes over the answer: not UTF-8, so never valid JSON."""
+
+
 @dataclasses.dataclass
 class Fault:
     """One injected failure, used up after ``times`` matching requests.
 
     kind: ``status`` (answer ``status`` with a JSON error body and optional ``retry_after``),
     ``drop`` (start the response, then close the connection), ``delay`` (answer after
-    ``seconds``), ``malformed`` (200 with a body that is not JSON).
+    ``seconds``), ``malformed`` (200 with a body that is not JSON), and two that need the real
+    answer, so only ``after``: ``truncate`` (the real status and headers, the body cut short at
+    ``cut`` of its length, always before its last non-blank byte, with a matching
+    Content-Length: a complete response whose JSON is unfinished) and ``garble`` (the real
+    answer with a few bytes at ``cut`` of its length overwritten by bytes that are not UTF-8).
+    An empty body has nothing to cut or overwrite: both send ``{"`` instead.
     when: ``before`` the platform acts on the request, or ``after`` it did (the answer is lost).
+    A ``delay`` before acts on the request after the delay, even when the client has given up
+    by then (as a slow server does).
     """
 
-    kind: Literal["status", "drop", "delay", "malformed"] = "status"
+    kind: FaultKind = "status"
     status: int = 503
     retry_after: str | None = None
     seconds: float = 0.0
@@ -118,11 +141,30 @@ class Fault:
     path: str | None = None
     """Substring the request path must contain."""
     when: Literal["before", "after"] = "before"
+    cut: float = 0.5
+    """Where ``truncate`` cuts and ``garble`` overwrites, as a fraction of the body's length."""
+
+    def __post_init__(self) -> None:
+        if self.kind in ("truncate", "garble") and self.when != "after":
+            raise ValueError(f"a {self.kind!r} fault needs the real answer: use when='after'")
+        if not 0.0 <= self.cut <= 1.0:
+            raise ValueError(f"cut must be a fraction between 0 and 1, got {self.cut!r}")
 
     def matches(self, method: str, path: str) -> bool:
         if self.method and self.method.upper() != method:
             return False
         return not (self.path and self.path not in path)
+
+    @property
+    def label(self) -> str:
+        """A short name for summaries: ``status 503 before``, ``drop after``, ``delay 0.2s
+        before``."""
+        what = str(self.kind)
+        if self.kind == "status":
+            what = f"status {self.status}"
+        elif self.kind == "delay":
+            what = f"delay {self.seconds:g}s"
+        return f"{what} {self.when}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +174,80 @@ class RecordedRequest:
     query: str
     headers: Mapping[str, str]
     body: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class InjectedFault:
+    """A fault the emulator met: a snapshot of the fault and the request it was applied to."""
+
+    fault: Fault
+    request: RecordedRequest
+
+
+FaultChoice = Fault | Callable[[random.Random], Fault]
+"""A fault of a :class:`RandomFaults` menu, or a function of a random source that makes one
+(to draw its parameters: a status, a delay, where to cut)."""
+
+
+class RandomFaults:
+    """Faults drawn at random, for a soak: each request meets one with probability ``rate``,
+    chosen from ``menu`` (pairs of a weight and a :data:`FaultChoice`).
+
+    Each draw is a function of ``seed`` and the request itself (method, path, query, body, and
+    how many identical requests came before), not of the order in which concurrent requests
+    arrive: with the same seed, the same requests meet the same faults wherever the ids in them
+    are the same from run to run (ids derived from idempotency keys are; random ids are not).
+    ``applies`` (a request -> bool) limits the chaos to some requests. A drawn fault is used
+    for that one request (its ``times``, ``method`` and ``path`` are ignored).
+    """
+
+    def __init__(
+        self,
+        menu: Sequence[tuple[float, FaultChoice]],
+        *,
+        rate: float = 0.1,
+        seed: int = 0,
+        applies: Callable[[RecordedRequest], bool] | None = None,
+    ) -> None:
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"rate must be between 0 and 1, got {rate!r}")
+        if not menu or any(weight < 0 for weight, _ in menu) or not sum(w for w, _ in menu):
+            raise ValueError("menu needs at least one fault with a positive weight")
+        self.menu = list(menu)
+        self.rate = rate
+        self.seed = seed
+        self.applies = applies
+        self._seen: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _rng(self, request: RecordedRequest) -> random.Random:
+        try:
+            body = json.dumps(request.body, sort_keys=True, default=str)
+        except (TypeError, ValueError):
+            body = repr(request.body)
+        identity = f"{request.method} {request.path}?{request.query} {body}"
+        with self._lock:
+            nth = self._seen.get(identity, 0)
+            self._seen[identity] = nth + 1
+        digest = hashlib.sha256(f"{self.seed}|{nth}|{identity}".encode()).digest()
+        return random.Random(int.from_bytes(digest[:8], "big"))
+
+    def draw(self, request: RecordedRequest) -> Fault | None:
+        """The fault this request meets, or None."""
+        if self.applies is not None and not self.applies(request):
+            return None
+        rng = self._rng(request)
+        if rng.random() >= self.rate:
+            return None
+        weights = [weight for weight, _ in self.menu]
+        (choice,) = rng.choices([c for _, c in self.menu], weights=weights)
+        fault = choice(rng) if callable(choice) else dataclasses.replace(choice)
+        return dataclasses.replace(fault, times=1, method=None, path=None)
+
+
+_current_request: contextvars.ContextVar[RecordedRequest | None] = contextvars.ContextVar(
+    "runbridge_emulator_request", default=None
+)
 
 
 def json_error(status: int, detail: str, **extra: Any) -> JSONResponse:
@@ -152,6 +268,13 @@ class Emulator:
         """The body of every launch the platform accepted, in order."""
         self.cancels: list[str] = []
         self.faults: list[Fault] = []
+        self.chaos: RandomFaults | None = None
+        """Random faults for every request (after the queued ``faults``), or None."""
+        self.injected: list[InjectedFault] = []
+        """Every fault met, queued or random, in order."""
+        self.script_for: Callable[[RecordedRequest], Script | None] | None = None
+        """Picks the script of a run launched by a request (None: the queued scripts, then the
+        default). Concurrent launches arrive in no fixed order; this gives each its own."""
         self.token = token
         """When set, requests without this token are refused as the platform would."""
         self._scripts: deque[Script] = deque()
@@ -166,8 +289,19 @@ class Emulator:
             self._scripts.extend(scripts)
 
     def next_script(self) -> Script:
+        chooser = self.script_for
+        request = _current_request.get()
+        if chooser is not None and request is not None:
+            chosen = chooser(request)
+            if chosen is not None:
+                return chosen
         with self.lock:
             return self._scripts.popleft() if self._scripts else self._default
+
+    @staticmethod
+    def current_request() -> RecordedRequest | None:
+        """The request being answered (inside a route), as recorded."""
+        return _current_request.get()
 
     def now(self) -> float:
         return time.monotonic()
@@ -203,6 +337,18 @@ class Emulator:
                         self.faults.remove(fault)
                     return fault
         return None
+
+    def _choose_fault(self, request: RecordedRequest) -> Fault | None:
+        """The fault this request meets (queued first, then random), recorded; or None."""
+        fault = self._take_fault(request.method, request.path, "before")
+        if fault is None:
+            fault = self._take_fault(request.method, request.path, "after")
+        if fault is None and self.chaos is not None:
+            fault = self.chaos.draw(request)
+        if fault is not None:
+            with self.lock:
+                self.injected.append(InjectedFault(dataclasses.replace(fault), request))
+        return fault
 
     def requests_to(self, method: str, path_contains: str = "") -> list[RecordedRequest]:
         with self.lock:
@@ -243,12 +389,21 @@ class Emulator:
         except ValueError:
             parsed = body.decode("utf-8", "replace")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        recorded = RecordedRequest(
+            method, path, scope.get("query_string", b"").decode(), headers, parsed
+        )
         with self.lock:
-            self.requests.append(
-                RecordedRequest(
-                    method, path, scope.get("query_string", b"").decode(), headers, parsed
-                )
-            )
+            self.requests.append(recorded)
+        token = _current_request.set(recorded)
+        try:
+            await self._answer(scope, receive, send, recorded, body)
+        finally:
+            _current_request.reset(token)
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, send: Send, recorded: RecordedRequest, body: bytes
+    ) -> None:
+        assert self._app is not None
 
         replayed = False
 
@@ -261,11 +416,11 @@ class Emulator:
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        fault = self._take_fault(method, path, "before")
-        if fault is not None:
+        fault = self._choose_fault(recorded)
+        if fault is not None and fault.when == "before":
             await self._apply(fault, scope, replay, send, None)
             return
-        after = self._take_fault(method, path, "after")
+        after = fault
         if after is None:
             await self._app(scope, replay, send)
             return
@@ -303,6 +458,9 @@ class Emulator:
             )
             await response(scope, receive, send)
             return
+        if fault.kind in ("truncate", "garble") and captured is not None:
+            await self._send_spoiled(fault, captured, send)
+            return
         if fault.kind == "malformed":
             await send(
                 {
@@ -323,3 +481,28 @@ class Emulator:
         )
         await send({"type": "http.response.body", "body": b'{"', "more_body": True})
         raise DroppedByFault("emulator fault: connection dropped")
+
+    @staticmethod
+    async def _send_spoiled(fault: Fault, captured: list[Message], send: Send) -> None:
+        """The captured answer, truncated or garbled (see :class:`Fault`), as one body."""
+        start = next((m for m in captured if m["type"] == "http.response.start"), None)
+        body = b"".join(
+            bytes(m.get("body", b"")) for m in captured if m["type"] == "http.response.body"
+        )
+        end = len(body.rstrip())  # the last non-blank byte is body[end - 1]
+        if end == 0:
+            spoiled = b'{"'
+        elif fault.kind == "truncate":
+            spoiled = body[: min(int(len(body) * fault.cut), end - 1)]
+        else:
+            at = min(int(len(body) * fault.cut), max(0, len(body) - len(GARBLE)))
+            spoiled = body[:at] + GARBLE + body[at + len(GARBLE) :]
+        status = start["status"] if start is not None else 200
+        headers = [
+            (bytes(k), bytes(v))
+            for k, v in (start.get("headers", []) if start is not None else [])
+            if bytes(k).lower() not in (b"content-length", b"transfer-encoding")
+        ]
+        headers.append((b"content-length", str(len(spoiled)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": spoiled})
