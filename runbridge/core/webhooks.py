@@ -44,7 +44,16 @@ def _key(secret: str | bytes) -> bytes:
 
 
 def _bytes(body: bytes | bytearray | str) -> bytes:
-    return body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    if isinstance(body, str):
+        try:
+            return body.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: no request body can hold them
+            raise ConfigError("a webhook body given as str must be valid Unicode") from None
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return bytes(body)
+    raise ConfigError(
+        f"a webhook body must be bytes, str or the decoded JSON mapping, got {type(body).__name__}"
+    )
 
 
 def sign(body: bytes | bytearray | str, secret: str | bytes) -> str:
@@ -107,6 +116,8 @@ def parse_delivery(
     parse = getattr(provider, "parse_webhook", None)
     if not callable(parse):
         raise NotSupported(f"{provider.name} has no webhook deliveries runbridge can read")
+    if headers is not None and not isinstance(headers, Mapping):
+        raise ConfigError(f"webhook headers must be a mapping, got {type(headers).__name__}")
     lowered = {str(k).lower(): str(v) for k, v in (headers or {}).items()}
     if secret is not None:
         if isinstance(body, Mapping):
@@ -123,10 +134,11 @@ def parse_delivery(
     if isinstance(body, Mapping):
         payload: Any = body
     else:
+        raw = _bytes(body)
         try:
-            payload = json.loads(_bytes(body))
-        except (ValueError, UnicodeDecodeError) as exc:
-            excerpt = _bytes(body)[:200].decode("utf-8", "replace")
+            payload = json.loads(raw)
+        except (ValueError, RecursionError) as exc:  # (UnicodeDecodeError is a ValueError)
+            excerpt = raw[:200].decode("utf-8", "replace")
             raise ProtocolError(
                 f"{provider.name}: a webhook delivery is not valid JSON: {exc}; body starts "
                 f"{excerpt!r}"

@@ -172,3 +172,39 @@ def test_misuse_is_a_config_error_or_not_supported() -> None:
         parse_delivery("nope", encode(payload()))
     with pytest.raises(ConfigError, match="Provider or a platform name"):
         parse_delivery(42, encode(payload()))  # type: ignore[arg-type]
+
+
+# -- odd input: a ConfigError for the caller's mistakes, a ProtocolError for the body's -----------
+@pytest.mark.parametrize("body", [None, 12, 10**12, 1.5, ["a"], object(), "\ud800"], ids=repr)
+def test_a_body_of_the_wrong_type_is_a_config_error(body: Any) -> None:
+    with pytest.raises(ConfigError, match="webhook body"):
+        parse_delivery(Lume(), body)
+    with pytest.raises(ConfigError, match="webhook body"):
+        sign(body, SECRET)
+
+
+@pytest.mark.parametrize("headers", [[("x", "y")], "x-lume-signature-256: abc", 5])
+def test_headers_of_the_wrong_type_are_a_config_error(headers: Any) -> None:
+    with pytest.raises(ConfigError, match="headers must be a mapping"):
+        parse_delivery(Lume(), json.dumps(payload()), headers)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a":' * 50_000 + b"1" + b"}" * 50_000,  # nested deeper than the JSON reader goes
+        b"\xff\xfe{",
+        b'{"data": {"run_id": 5, "status": "SUCCEEDED"}, "x": ' + b"9" * 5000 + b"}",
+        b"[]",
+        b'{"data": {"run_id": {"id": "r"}, "status": "SUCCEEDED"}}',
+    ],
+    ids=["deep", "not utf-8", "huge int", "a list", "id not an id"],
+)
+def test_bodies_that_are_not_deliveries_are_protocol_errors(body: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        parse_delivery(Lume(), body)
+
+
+def test_a_numeric_run_id_is_read_as_an_id() -> None:
+    body = json.dumps(payload(run_id=42))
+    assert parse_delivery(Lume(), body).ref == RunRef("lume", "42")

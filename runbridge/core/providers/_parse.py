@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from ..errors import ProtocolError
@@ -26,7 +27,8 @@ __all__ = [
     "unreadable_launch",
 ]
 
-_EMPTY: Mapping[str, Any] = {}
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+"""(read-only: one empty mapping shared by every caller)"""
 
 
 def mapping(value: Any) -> Mapping[str, Any]:
