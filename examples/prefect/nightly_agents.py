@@ -45,7 +45,7 @@ def nightly_agents(topics: list[str]) -> dict[str, RunStatus]:
     research = launch_and_wait.with_options(retries=2, retry_delay_seconds=10).map(
         unmapped(conn),
         [{"assistant_id": "agent", "input": {"input": {"topic": t, "sleep": 1}}} for t in topics],
-        timeout=unmapped(3600),  # stop waiting after an hour (the run goes on)
+        wait_timeout=unmapped(3600),  # stop waiting after an hour (the run goes on)
         run_timeout=unmapped(2 * 3600),  # cancel a run older than two hours
     )
     statuses = dict(zip(topics, research.result(), strict=True))
@@ -54,7 +54,7 @@ def nightly_agents(topics: list[str]) -> dict[str, RunStatus]:
     summary = ExternalRunJob(
         credentials=conn,
         params={"assistant_id": "agent", "input": {"input": {"summarize": topics, "sleep": 1}}},
-        timeout_seconds=3600,
+        wait_timeout=3600,
     )
     run = summary.trigger()
     print(f"summary run: {run.url or run.ref.to_string()}")

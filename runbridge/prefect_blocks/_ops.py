@@ -1,7 +1,8 @@
 """The Prefect operations, written once (async) for the blocks and the tasks.
 
-``launch`` (re-attach or launch, record, link artifact), ``wait`` (wait; cancel the run when
-the wait is killed; status artifact) and ``cancel``. Sync entry points run these through
+``launch`` (re-attach or launch through core's planner, with the records kept in Prefect's
+result store; link artifact), ``wait`` (wait; cancel the run when the wait is killed; status
+artifact), ``get`` and ``cancel``. Sync entry points run these through
 :func:`runbridge.prefect_blocks._bridge.run_sync`; nothing here is written twice.
 """
 
@@ -11,7 +12,8 @@ import asyncio
 import contextlib
 import dataclasses
 import threading
-from collections.abc import Collection, Coroutine, Iterator, Mapping
+import uuid
+from collections.abc import AsyncIterator, Collection, Coroutine, Mapping
 from typing import Any
 
 import anyio
@@ -20,13 +22,15 @@ from ..core.client import AsyncRunClient
 from ..core.errors import NotSupported, WaitTimeout
 from ..core.flows import Event
 from ..core.models import RunRef, RunStatus
+from ..core.planner import Execution, LaunchRecord, Started
 from ..core.schedule import PollSchedule
+from ..core.shared import DEFAULT_LINGER, shared_async_client
 from ..core.states import DEFAULT_SUCCESS, RunState
 from . import _runtime
-from ._shared import current_listener, shared_client
+from ._bridge import is_bridge_loop
 from .credentials import RunbridgeCredentials
 
-__all__ = ["WaitPolicy", "cancel", "get", "launch", "wait"]
+__all__ = ["WaitPolicy", "cancel", "get", "launch", "shared_client", "wait"]
 
 CANCEL_TIMEOUT = 60.0
 """How long cancelling the external run may take when a wait is killed."""
@@ -36,11 +40,14 @@ CANCEL_TIMEOUT = 60.0
 class WaitPolicy:
     """How a wait behaves; the blocks' and tasks' options, in one place."""
 
-    timeout: float | None = None
+    wait_timeout: float | None = None
     """Stop waiting after this many seconds (``WaitTimeout``); the run keeps going."""
     run_timeout: float | None = None
     """Cancel the run once it is this old; it ends TIMED_OUT."""
     poll: PollSchedule | None = None
+    """None: the credentials' poll schedule."""
+    error_window: float | None = None
+    """Seconds of transient errors tolerated; None: the credentials' ``error_window``."""
     success: Collection[RunState] = DEFAULT_SUCCESS
     cancel_on_kill: bool | None = True
     """Cancel the run when the wait is killed (flow run cancelled, task or flow timeout, Ctrl-C).
@@ -48,25 +55,40 @@ class WaitPolicy:
     artifacts: bool = True
 
 
+@contextlib.asynccontextmanager
+async def shared_client(credentials: RunbridgeCredentials) -> AsyncIterator[AsyncRunClient]:
+    """The shared ``AsyncRunClient`` of these credentials on the running event loop (core's
+    ``shared_async_client``). On runbridge's own loop, where the synchronous entry points run,
+    it lives as long as the process; on an async flow's loop it closes ``DEFAULT_LINGER``
+    seconds after its last user, or when the loop ends."""
+    linger = None if is_bridge_loop(asyncio.get_running_loop()) else DEFAULT_LINGER
+    async with shared_async_client(credentials.client_config(), linger=linger) as client:
+        yield client
+
+
 class _Listener:
-    """Turns one operation's client events into run-logger lines."""
+    """Turns one operation's client events (``on_event=``) into run-logger lines."""
 
     def __init__(self) -> None:
         self.log = _runtime.logger()
         self.last_raw: str | None = None
-        self.reattached = False
 
     def __call__(self, event: Event) -> None:
         status = event.status
-        if event.kind == "reattached":
-            self.reattached = True
-        elif event.kind == "state_changed" and status is not None:
+        if event.kind == "state_changed" and status is not None:
             if status.raw_state != self.last_raw:
                 self.last_raw = status.raw_state
                 self.log.info("%s", status.summary())
-        elif event.kind in ("retry", "transient_error"):
+        elif event.kind == "retry":
             self.log.warning(
                 "%s: %s; retrying in %.1f s", event.platform, event.error, event.delay or 0.0
+            )
+        elif event.kind == "transient_error":
+            self.log.warning(
+                "%s: checking run %s failed: %s (tolerated; the wait goes on)",
+                event.platform,
+                event.ref.id if event.ref is not None else "?",
+                event.error,
             )
         elif event.kind == "unknown_state" and status is not None:
             self.log.warning(
@@ -76,66 +98,76 @@ class _Listener:
             )
 
 
-@contextlib.contextmanager
-def _listening(listener: _Listener) -> Iterator[None]:
-    token = current_listener.set(listener)
-    try:
-        yield
-    finally:
-        current_listener.reset(token)
-
-
 async def launch(
     credentials: RunbridgeCredentials,
     params: Mapping[str, Any],
     *,
     key: str | None = None,
-    relaunch_on_retry: bool = False,
+    relaunch_failed: bool = False,
     success: Collection[RunState] = DEFAULT_SUCCESS,
     artifacts: bool = True,
     cancel_on_kill: bool = True,
-) -> RunStatus:
-    """Launch a run, or re-attach to the one an earlier attempt of this run launched.
+) -> Started:
+    """Launch a run, or re-attach to the one an earlier attempt of this task launched (core's
+    planner decides, from the records this task keeps in Prefect's result store).
 
-    Returns the run's first status (its URL, where the platform has one). Once the run exists,
-    being killed (cancelled flow run, timeout) cancels it, as in :func:`wait`.
+    ``key``: the task's identity; by default derived from the Prefect run (task run id, or
+    flow run attempt). Returns what ``client.start`` came to (its ``status`` is None when the
+    first status read hit a transient error: the wait will tell). Once the run exists, being
+    killed (cancelled flow run, timeout) cancels it, as in :func:`wait`.
     """
     listener = _Listener()
     log = listener.log
-    identity = _runtime.current_identity()
-    if key is None and identity is not None:
-        key = _runtime.derive_key(identity)
-    with _listening(listener):
-        async with shared_client(credentials) as client:
-            recorded = await _runtime.read_record(key) if key is not None else None
-            launch_key = key
-            if recorded is not None and relaunch_on_retry and identity is not None:
-                status = await client.get(recorded)
-                if status.is_terminal and not status.succeeded(success):
-                    log.info("%s; relaunching (relaunch_on_retry)", status.summary())
-                    launch_key = f"{key}-attempt{identity.run_count}"
-                    recorded = None
-            ref = recorded or await client.launch(params, key=launch_key)
-            try:
-                _runtime.mark_launched(ref)
-                if recorded is None and key is not None:
-                    await _runtime.write_record(key, ref)  # first: a retry must find the run
-                status = await client.get(ref)
-                log.info(
-                    "%s %s run %s%s",
-                    "Launched" if not (recorded or listener.reattached) else "Re-attached to",
-                    ref.platform,
-                    ref.id,
-                    f": {status.url}" if status.url else "",
-                )
+    store_key: str | None = key
+    if key is None:
+        identity = _runtime.current_identity()
+        if identity is not None:
+            key = store_key = _runtime.derive_key(identity)
+        else:  # outside any Prefect run and no key: nothing to re-attach to, nothing to keep
+            key = f"runbridge-{uuid.uuid4().hex}"
+    history: list[Execution] = []
+    if store_key is not None:
+        records = await _runtime.read_records(store_key)
+        if records:
+            history = [Execution(records)]
+    runs: list[RunRef] = []
+
+    async def save(record: LaunchRecord) -> None:
+        if record.ref is not None:
+            runs.append(record.ref)
+            _runtime.mark_launched(record.ref, store_key, record.key)
+        if store_key is not None:
+            await _runtime.save_record(store_key, record)
+
+    async with shared_client(credentials) as client:
+        try:
+            started = await client.start(
+                params,
+                key=key,
+                history=history,
+                save=save,
+                relaunch_failed=relaunch_failed,
+                success=success,
+                on_event=listener,
+            )
+            ref, status = started.ref, started.status
+            url = f": {status.url}" if status is not None and status.url else ""
+            why = client.redact(started.why)  # made from the key, which the user may choose
+            if started.reattached:
+                log.info("Re-attached to %s run %s%s (%s)", ref.platform, ref.id, url, why)
+            elif history:  # a new run replacing an earlier attempt's: say why
+                log.info("Launched %s run %s%s (%s)", ref.platform, ref.id, url, why)
+            else:
+                log.info("Launched %s run %s%s", ref.platform, ref.id, url)
+            if status is not None:
                 listener.last_raw = status.raw_state
                 if artifacts:
                     await _runtime.link_artifact(status)
-            except BaseException as exc:
-                if _killed(exc) and cancel_on_kill:
-                    await _cancel_killed(client, ref, log, exc)
-                raise
-    return status
+        except BaseException as exc:
+            if _killed(exc) and cancel_on_kill and runs:
+                await _cancel_killed(client, runs[-1], log, exc)
+            raise
+    return started
 
 
 def _killed(exc: BaseException) -> bool:
@@ -147,43 +179,54 @@ def _killed(exc: BaseException) -> bool:
 
 async def get(credentials: RunbridgeCredentials, ref: RunRef) -> RunStatus:
     async with shared_client(credentials) as client:
-        return await client.get(ref)
+        return await client.get(ref, on_event=_Listener())
 
 
 async def cancel(credentials: RunbridgeCredentials, ref: RunRef) -> None:
     async with shared_client(credentials) as client:
-        await client.cancel(ref)
+        await client.cancel(ref, on_event=_Listener())
     _runtime.logger().info("Cancelled %s run %s", ref.platform, ref.id)
 
 
-async def wait(credentials: RunbridgeCredentials, ref: RunRef, policy: WaitPolicy) -> RunStatus:
+async def wait(
+    credentials: RunbridgeCredentials, ref: RunRef, policy: WaitPolicy, *, link: bool = False
+) -> RunStatus:
     """Wait for the run to end; return its terminal status (a failed run is returned, not
     raised). If the wait is killed, cancel the run (per ``policy.cancel_on_kill``) and re-raise.
+    ``link``: create the link artifact at the end (the launch could not read the run's URL).
     """
     listener = _Listener()
     log = listener.log
     cancel_on_kill = (
         _runtime.launched_here(ref) if policy.cancel_on_kill is None else policy.cancel_on_kill
     )
-    with _listening(listener):
-        async with shared_client(credentials) as client:
-            try:
-                status = await _unless_cancelled(
-                    client.wait(
-                        ref, policy.timeout, run_timeout=policy.run_timeout, poll=policy.poll
-                    ),
-                    _runtime.task_cancel_event(),
-                )
-            except WaitTimeout as exc:
-                log.warning("%s", exc)
-                raise
-            except BaseException as exc:
-                if _killed(exc) and cancel_on_kill:
-                    await _cancel_killed(client, ref, log, exc)
-                raise
+    async with shared_client(credentials) as client:
+        try:
+            status = await _unless_cancelled(
+                client.wait(
+                    ref,
+                    policy.wait_timeout,
+                    run_timeout=policy.run_timeout,
+                    poll=policy.poll,
+                    error_window=policy.error_window,
+                    on_event=listener,
+                ),
+                _runtime.task_cancel_event(),
+            )
+        except WaitTimeout as exc:
+            log.warning("%s", exc)
+            raise
+        except BaseException as exc:
+            if _killed(exc) and cancel_on_kill:
+                await _cancel_killed(client, ref, log, exc)
+            raise
+    if status.cancelled_by_runbridge:  # run_timeout: a retry launches a new run
+        await _runtime.record_cancelled(ref)
     succeeded = status.succeeded(policy.success)
     (log.info if succeeded else log.error)("Finished: %s", status.summary())
     if policy.artifacts:
+        if link:
+            await _runtime.link_artifact(status)
         await _runtime.status_artifact(status, succeeded)
     return status
 
@@ -221,7 +264,8 @@ async def _unless_cancelled(
 
 async def _cancel_killed(client: AsyncRunClient, ref: RunRef, log: Any, why: BaseException) -> None:
     """Cancel ``ref`` although this task is being cancelled: shielded from the cancellation
-    (anyio's scopes and asyncio's own), bounded by ``CANCEL_TIMEOUT``."""
+    (anyio's scopes and asyncio's own), bounded by ``CANCEL_TIMEOUT``. Once cancelled, the
+    run is recorded as such, so a retry of the task launches a new run."""
 
     stopped = (
         f"Stopped from outside ({type(why).__name__}: a cancelled flow run, a timeout or an "
@@ -231,7 +275,7 @@ async def _cancel_killed(client: AsyncRunClient, ref: RunRef, log: Any, why: Bas
     async def cancel_it() -> None:
         try:
             with anyio.fail_after(CANCEL_TIMEOUT):
-                await client.cancel(ref)
+                await client.cancel(ref, on_event=_Listener())
         except NotSupported:
             log.warning(
                 "%s; %s runs cannot be cancelled over its API, so run %s keeps going",
@@ -239,10 +283,15 @@ async def _cancel_killed(client: AsyncRunClient, ref: RunRef, log: Any, why: Bas
                 ref.platform,
                 ref.id,
             )
+            return
         except Exception as exc:  # e.g. the run ended meanwhile (409), or the timeout
             log.error("%s; cancelling %s run %s failed: %s", stopped, ref.platform, ref.id, exc)
-        else:
-            log.warning("%s: cancelled %s run %s", stopped, ref.platform, ref.id)
+            return
+        log.warning("%s: cancelled %s run %s", stopped, ref.platform, ref.id)
+        try:
+            await _runtime.record_cancelled(ref)
+        except Exception as exc:
+            log.warning("runbridge could not record that run %s was cancelled: %s", ref.id, exc)
 
     with anyio.CancelScope(shield=True):
         cleanup = asyncio.ensure_future(cancel_it())

@@ -1,5 +1,5 @@
-"""What runbridge needs from the Prefect run it is called in: a logger, an idempotency key
-stable across task retries, a place to record the launched run, and artifacts."""
+"""What runbridge needs from the Prefect run it is called in: a logger, a launch key stable
+across task retries, a store for the launch records, and artifacts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
@@ -16,16 +15,21 @@ from prefect.context import FlowRunContext, TaskRunContext, get_run_context
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger, get_run_logger
 
+from ..core.errors import ConfigError
 from ..core.models import RunRef, RunStatus
+from ..core.planner import CANCELLED, LaunchRecord
 
 __all__ = [
+    "RecordStoreError",
     "RunIdentity",
     "current_identity",
+    "derive_key",
     "launched_here",
     "logger",
     "mark_launched",
-    "read_record",
-    "write_record",
+    "read_records",
+    "record_cancelled",
+    "save_record",
 ]
 
 _fallback = get_logger("runbridge")
@@ -75,12 +79,15 @@ def current_identity() -> RunIdentity | None:
 
 
 def derive_key(identity: RunIdentity) -> str:
-    """The idempotency key of the next launch in this run.
+    """The key of the next launch in this run: the task's identity, under which its launch
+    records are kept, and the launch key the planner starts from (``key``, then ``key#1``...
+    when a new run replaces one runbridge cancelled, or one that failed with
+    ``relaunch_failed``).
 
     ``prefect-<flow run id>-<task run id>-<n>``: the n-th launch of this task run (``task`` for
     the flow run id of a task run outside any flow). A task retry is the same task run (same
-    id), and counts launches from 0 again, so the retry asks for the same key and re-attaches
-    to the run its first attempt launched. Outside a task (in the flow's own code) the flow
+    id), and counts launches from 0 again, so the retry finds the records of its first attempt
+    and re-attaches to the run it launched. Outside a task (in the flow's own code) the flow
     run's attempt takes the task run's place (``flow<attempt>``), so a flow-run retry launches
     anew, as the new task runs of a retried flow run do.
     """
@@ -115,53 +122,92 @@ def task_cancel_event() -> threading.Event | None:
     return event if isinstance(event, threading.Event) else None
 
 
-# -- records: where a retry finds the run its first attempt launched ----------------------------
+# -- the record store: what each attempt of a task did to its external run ---------------------
+#
+# runbridge's planner (core/planner.py) decides, from these records, whether an attempt
+# re-attaches to the run an earlier attempt launched or launches a new one (and with which key).
+# A task's records are a list of LaunchRecord dicts, oldest first, under the task's key: in
+# memory (a task retry runs in this process) and in Prefect's result store (the task's
+# result_storage or the default one), for a retry in another process.
 
-_memory: dict[str, dict[str, Any]] = {}
-_launched: set[RunRef] = set()
+_memory: dict[str, list[dict[str, Any]]] = {}
+_launched: dict[RunRef, tuple[str | None, str]] = {}
+"""Runs this process launched or re-attached to: (the store key, the launch key)."""
+
+
+class RecordStoreError(RuntimeError):
+    """Prefect's result store could not be read or written."""
 
 
 def _record_key(key: str) -> str:
-    return "runbridge-run-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:40]
+    return "runbridge-launches-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:40]
 
 
-async def write_record(key: str, ref: RunRef) -> None:
-    """Remember which run ``key`` launched: in memory (a task retry runs in this process) and
-    in the run's result store (Prefect's configured result storage), for a retry elsewhere."""
-    record = {"key": key, "ref": ref.to_dict()}
-    _memory[key] = record
+def _parse(data: Any) -> list[LaunchRecord]:
+    if not isinstance(data, list):
+        raise ConfigError(f"not a list of launch records: {type(data).__name__}")
+    return [LaunchRecord.from_dict(item) for item in data]
+
+
+async def read_records(key: str) -> list[LaunchRecord]:
+    """What earlier attempts recorded under ``key``, oldest first ([] if nothing).
+
+    Raises ``RecordStoreError`` when the result store cannot be read: launching without
+    knowing what an earlier attempt launched could start a duplicate."""
+    data = _memory.get(key)
+    if data is None:
+        from prefect.results import get_result_store
+
+        try:
+            store = get_result_store()
+            if not await store.aexists(_record_key(key)):
+                return []
+            records = _parse((await store.aread(_record_key(key))).result)
+        except Exception as exc:
+            raise RecordStoreError(
+                f"runbridge could not read its launch records from Prefect's result store: {exc}"
+            ) from exc
+        _memory[key] = [r.to_dict() for r in records]
+        return records
+    return _parse(data)
+
+
+async def save_record(key: str, record: LaunchRecord) -> None:
+    """Append ``record`` to ``key``'s records: in memory, then in the result store.
+
+    A record made *before* a launch (``starting``) that cannot be persisted raises
+    ``RecordStoreError``, and the launch does not happen. Once the run exists, failing the
+    task would only orphan it (this process still has the record in memory): a persistence
+    failure is then logged as a warning, and a retry in another process may not find the run.
+    """
+    records = [r.to_dict() for r in await read_records(key)]
+    records.append(record.to_dict())
+    _memory[key] = records
+    if record.ref is not None:
+        _launched[record.ref] = (key, record.key)
     try:
         from prefect.results import get_result_store
 
-        await get_result_store().awrite(record, key=_record_key(key))
-    except Exception as exc:  # the record is a second line of defence: never fail a launch
-        logger().warning("runbridge: could not persist the run record for %s: %s", ref, exc)
+        await get_result_store().awrite(records, key=_record_key(key))
+    except Exception as exc:
+        message = f"runbridge could not persist its launch record in Prefect's result store: {exc}"
+        if record.ref is None:  # a ``starting`` record: nothing launched yet
+            raise RecordStoreError(f"{message}; not launching") from exc
+        logger().warning("%s (%s run %s)", message, record.ref.platform, record.ref.id)
 
 
-async def read_record(key: str) -> RunRef | None:
-    """The run recorded for ``key`` by an earlier attempt, if any."""
-    record = _memory.get(key)
-    if record is None:
-        try:
-            from prefect.results import get_result_store
-
-            store = get_result_store()
-            if await store.aexists(_record_key(key)):
-                record = (await store.aread(_record_key(key))).result
-        except Exception as exc:
-            logger().warning("runbridge: could not read the run record for %s: %s", key, exc)
-            record = None
-    if not isinstance(record, Mapping) or record.get("key") != key:
-        return None
-    try:
-        return RunRef.from_dict(record["ref"])
-    except Exception:
-        return None
+async def record_cancelled(ref: RunRef) -> None:
+    """runbridge cancelled ``ref`` (the task or flow was killed, ``run_timeout``): record it
+    under the key of the task that launched it, so a retry launches a new run."""
+    store_key, launch_key = _launched.get(ref, (None, ""))
+    if store_key is not None:
+        await save_record(store_key, LaunchRecord(launch_key, ref, CANCELLED))
 
 
-def mark_launched(ref: RunRef) -> None:
-    """Note that this process launched ``ref`` (so killing a wait on it cancels it)."""
-    _launched.add(ref)
+def mark_launched(ref: RunRef, store_key: str | None, launch_key: str) -> None:
+    """Note that this process launched (or re-attached to) ``ref`` (so killing a wait on it
+    cancels it, and the cancellation is recorded under ``store_key``)."""
+    _launched.setdefault(ref, (store_key, launch_key))
 
 
 def launched_here(ref: RunRef) -> bool:

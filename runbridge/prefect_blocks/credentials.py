@@ -1,26 +1,40 @@
-"""``RunbridgeCredentials``: one platform connection, as a Prefect block."""
+"""``RunbridgeCredentials``: one platform connection, as a Prefect block.
+
+The block's fields map onto one :class:`~runbridge.core.config.ClientConfig` (the client
+configuration the Airflow connection and the Dagster resource build too); every client the
+Prefect integration uses is made from it.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any, ClassVar
 
 from prefect.blocks.abstract import CredentialsBlock
-from pydantic import Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from ..core.client import AsyncRunClient, RunClient
-from ..core.registry import available
+from ..core.config import (
+    DEFAULT_ERROR_WINDOW,
+    DEFAULT_REQUEST_TIMEOUT,
+    ClientConfig,
+    check_base_url,
+)
+from ..core.errors import ConfigError
+from ..core.schedule import PollSchedule, RetryPolicy
 
 __all__ = ["DOCS_URL", "RunbridgeCredentials"]
 
 DOCS_URL = "https://github.com/runbridge/runbridge/blob/main/docs/prefect.md"
 """Where the Prefect UI's "documentation" link of each runbridge block points."""
 
+_POLL = PollSchedule()
+_RETRY = RetryPolicy()
+
 
 class RunbridgeCredentials(CredentialsBlock):
     """Connection to a platform that runbridge launches runs on: which platform, its base
-    URL, the API token (kept secret) and the provider's options.
+    URL, the API token (kept secret), the provider's options, and how requests and waits
+    behave (request timeout, retries, poll schedule, tolerated error window).
 
     Examples:
         Save the connection once (or create it in the Prefect UI):
@@ -46,6 +60,9 @@ class RunbridgeCredentials(CredentialsBlock):
             return status.outputs
         ```
     """
+
+    # a validation error must not echo the input: it holds the token
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     _block_type_name: ClassVar[str | None] = "Runbridge Credentials"
     _block_type_slug: ClassVar[str | None] = "runbridge-credentials"
@@ -81,52 +98,96 @@ class RunbridgeCredentials(CredentialsBlock):
         ),
     )
     request_timeout: float = Field(
-        default=30.0,
+        default=DEFAULT_REQUEST_TIMEOUT,
         gt=0,
         title="Request timeout (seconds)",
-        description="The longest one HTTP request may take (not the wait for a run).",
+        description="The longest one HTTP request may take in all, connecting and reading "
+        "included (not the wait for a run).",
     )
-
-    @field_validator("platform")
-    @classmethod
-    def _known_platform(cls, value: str) -> str:
-        if value not in available():
-            raise ValueError(f"unknown platform {value!r}; available: {', '.join(available())}")
-        return value
+    retry_attempts: int = Field(
+        default=_RETRY.attempts,
+        ge=1,
+        title="Request attempts",
+        description="How many times one request is tried (the first included) when it fails "
+        "transiently: a network error, 408, 429 or 5xx. A launch is retried only where it "
+        "cannot create a second run.",
+    )
+    error_window: float = Field(
+        default=DEFAULT_ERROR_WINDOW,
+        ge=0,
+        title="Error window (seconds)",
+        description="How long a wait tolerates transient errors in a row (5xx, 429, network "
+        "errors) before it fails with the last one. The run is never relaunched for them.",
+    )
+    poll_interval: float = Field(
+        default=_POLL.first,
+        gt=0,
+        title="First poll interval (seconds)",
+        description="The first wait between status checks, where the platform has no blocking "
+        "wait endpoint; later ones grow by poll_backoff up to poll_max_interval.",
+    )
+    poll_max_interval: float = Field(
+        default=_POLL.cap,
+        gt=0,
+        title="Longest poll interval (seconds)",
+        description="The longest wait between two status checks.",
+    )
+    poll_backoff: float = Field(
+        default=_POLL.factor,
+        ge=1,
+        description="Each poll interval is this many times the previous one.",
+    )
 
     @field_validator("base_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http:// or https:// URL, got {value!r}")
-        return value.rstrip("/")
+    def _base_url(cls, value: str) -> str:
+        return check_base_url(value)  # stored as runbridge uses it: no trailing slash
 
-    def _client_args(self) -> dict[str, Any]:
+    @model_validator(mode="after")
+    def _valid_configuration(self) -> RunbridgeCredentials:
+        # the whole client configuration is checked when the block is built or loaded, not at
+        # the first request; the ConfigError's message names the field
+        self.client_config()
+        return self
+
+    def poll_schedule(self) -> PollSchedule:
+        if self.poll_max_interval < self.poll_interval:
+            raise ConfigError(
+                f"poll_max_interval ({self.poll_max_interval}) must be >= poll_interval "
+                f"({self.poll_interval})"
+            )
+        return PollSchedule(
+            first=self.poll_interval, factor=self.poll_backoff, cap=self.poll_max_interval
+        )
+
+    def client_config(self) -> ClientConfig:
+        """These credentials as runbridge's one client configuration (raises ``ConfigError``
+        naming the field that is wrong)."""
         token = self.token.get_secret_value() if self.token is not None else None
-        return {
-            "platform": self.platform,
-            "base_url": self.base_url,
-            "token": token or None,
-            "timeout": self.request_timeout,
-            **self.options,
-        }
+        return ClientConfig(
+            platform=self.platform,
+            base_url=self.base_url,
+            token=token or None,
+            options=self.options,
+            request_timeout=self.request_timeout,
+            retry=RetryPolicy(attempts=self.retry_attempts),
+            poll=self.poll_schedule(),
+            error_window=self.error_window,
+        )
 
-    def get_client(self, **kwargs: Any) -> RunClient:
+    def get_client(self, **overrides: Any) -> RunClient:
         """A new synchronous :class:`~runbridge.RunClient`; close it (``with``) when done.
 
-        ``kwargs`` go to the client (``retry=``, ``poll=``, ``client=`` an ``httpx.Client``...).
+        ``overrides`` replace client arguments (``retry=``, ``poll=``, ``client=`` an
+        ``httpx.Client``...).
         """
-        return RunClient(**{**self._client_args(), **kwargs})
+        return self.client_config().client(**overrides)
 
-    def get_async_client(self, **kwargs: Any) -> AsyncRunClient:
+    def get_async_client(self, **overrides: Any) -> AsyncRunClient:
         """A new :class:`~runbridge.AsyncRunClient`; close it (``async with``) when done.
 
         Inside flows, runbridge's tasks and ``ExternalRunJob`` do not call this per task: they
-        share one client (one connection pool) per credentials and event loop.
+        share one client (one connection pool) per configuration and event loop
+        (``runbridge.core.shared.shared_async_client``).
         """
-        return AsyncRunClient(**{**self._client_args(), **kwargs})
-
-    def _fingerprint(self) -> str:
-        """Identifies equal credentials (the token included, hashed) for client sharing."""
-        text = json.dumps(self._client_args(), sort_keys=True, default=repr)
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return self.client_config().async_client(**overrides)

@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from prefect.blocks.abstract import JobBlock, JobRun
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from ..core.errors import ConfigError
 from ..core.models import RunRef, RunStatus
 from ..core.schedule import PollSchedule
 from ..core.states import parse_states
@@ -44,7 +45,7 @@ class ExternalRunJob(JobBlock):
             job = ExternalRunJob(
                 credentials=RunbridgeCredentials.load("agents"),
                 params={"assistant_id": "agent", "input": {"topic": "nightly"}},
-                timeout_seconds=3600,
+                wait_timeout=3600,
             )
             run = job.trigger()
             run.wait_for_completion()
@@ -64,6 +65,9 @@ class ExternalRunJob(JobBlock):
         ```
     """
 
+    # a validation error must not echo the input: the credentials in it hold the token
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     _block_type_name: ClassVar[str | None] = "Runbridge External Run Job"
     _block_type_slug: ClassVar[str | None] = "runbridge-external-run-job"
     _documentation_url: ClassVar[Any] = DOCS_URL
@@ -82,36 +86,45 @@ class ExternalRunJob(JobBlock):
         description="What to launch, in the platform's terms (e.g. LangGraph's assistant_id "
         "and input); trigger(params) overrides keys of it.",
     )
-    timeout_seconds: float | None = Field(
+    wait_timeout: float | None = Field(
         default=None,
         gt=0,
         title="Wait timeout (seconds)",
         description="Stop waiting after this long and fail with WaitTimeout; the run keeps going.",
     )
-    run_timeout_seconds: float | None = Field(
+    run_timeout: float | None = Field(
         default=None,
         gt=0,
         title="Run timeout (seconds)",
         description="Cancel the run once it is this old; it then ends TIMED_OUT.",
     )
-    poll_interval_seconds: float = Field(
-        default=1.0,
+    poll_interval: float | None = Field(
+        default=None,
         gt=0,
         title="First poll interval (seconds)",
         description="The first wait between status checks, where the platform has no "
-        "blocking wait endpoint; later waits grow by poll_backoff up to the maximum.",
+        "blocking wait endpoint; later waits grow by poll_backoff up to poll_max_interval. "
+        "Empty: the credentials' setting (as for the two fields below).",
     )
-    poll_max_interval_seconds: float = Field(
-        default=30.0,
+    poll_max_interval: float | None = Field(
+        default=None,
         gt=0,
         title="Longest poll interval (seconds)",
         description="The longest wait between two status checks.",
     )
-    poll_backoff: float = Field(
-        default=1.5, ge=1, description="Each poll interval is this many times the previous one."
+    poll_backoff: float | None = Field(
+        default=None, ge=1, description="Each poll interval is this many times the previous one."
     )
-    success_states: list[str] = Field(
+    error_window: float | None = Field(
+        default=None,
+        ge=0,
+        title="Error window (seconds)",
+        description="How long the wait tolerates transient errors in a row (5xx, 429, network "
+        "errors) before it fails with the last one. Empty: the credentials' setting.",
+    )
+    success: list[str] = Field(
         default_factory=lambda: ["SUCCEEDED"],
+        title="Success states",
         description="End states that count as success: any of SUCCEEDED, PARTIAL, FAILED, "
         "CANCELLED, TIMED_OUT.",
     )
@@ -120,9 +133,9 @@ class ExternalRunJob(JobBlock):
         description="Cancel the run when the wait is stopped from outside: the flow run is "
         "cancelled, a task or flow timeout fires. (Never on a wait timeout.)",
     )
-    relaunch_on_retry: bool = Field(
+    relaunch_failed: bool = Field(
         default=False,
-        description="When a task retry finds that the run it launched ended unsuccessfully, "
+        description="When a task retry finds that the run it launched ended without success, "
         "launch a new one instead of taking that result again.",
     )
     create_artifacts: bool = Field(
@@ -131,28 +144,44 @@ class ExternalRunJob(JobBlock):
         "artifact with its final status.",
     )
 
-    @field_validator("success_states")
+    @field_validator("success")
     @classmethod
     def _terminal_states(cls, value: list[str]) -> list[str]:
         return sorted(state.value for state in parse_states(value))
 
     @model_validator(mode="after")
     def _poll_bounds(self) -> ExternalRunJob:
-        if self.poll_max_interval_seconds < self.poll_interval_seconds:
-            raise ValueError("poll_max_interval_seconds must be >= poll_interval_seconds")
+        self.poll_schedule()  # a ConfigError naming the field
         return self
+
+    def poll_schedule(self) -> PollSchedule | None:
+        """The job's poll schedule: its poll fields over the credentials' (None: theirs)."""
+        fields = (self.poll_interval, self.poll_max_interval, self.poll_backoff)
+        if all(value is None for value in fields):
+            return None
+        credentials = self.credentials
+        first = credentials.poll_interval if self.poll_interval is None else self.poll_interval
+        cap = (
+            credentials.poll_max_interval
+            if self.poll_max_interval is None
+            else self.poll_max_interval
+        )
+        if cap < first:
+            raise ConfigError(
+                f"poll_max_interval ({cap}) must be >= poll_interval ({first}) "
+                "(with the credentials' values for the fields left empty)"
+            )
+        factor = credentials.poll_backoff if self.poll_backoff is None else self.poll_backoff
+        return PollSchedule(first=first, factor=factor, cap=cap)
 
     def wait_policy(self) -> _ops.WaitPolicy:
         """The wait options of this job, as runbridge's tasks take them."""
         return _ops.WaitPolicy(
-            timeout=self.timeout_seconds,
-            run_timeout=self.run_timeout_seconds,
-            poll=PollSchedule(
-                first=self.poll_interval_seconds,
-                factor=self.poll_backoff,
-                cap=self.poll_max_interval_seconds,
-            ),
-            success=parse_states(self.success_states),
+            wait_timeout=self.wait_timeout,
+            run_timeout=self.run_timeout,
+            poll=self.poll_schedule(),
+            error_window=self.error_window,
+            success=parse_states(self.success),
             cancel_on_kill=self.cancel_on_kill,
             artifacts=self.create_artifacts,
         )
@@ -162,18 +191,22 @@ class ExternalRunJob(JobBlock):
     ) -> ExternalRun:
         """Launch the run (``params`` override the block's) and return its ``ExternalRun``.
 
-        ``key``: an idempotency key; by default one is derived from the Prefect run (task run
-        id, or flow run attempt), so a task retry re-attaches instead of launching again.
+        ``key``: the launch's identity; by default one is derived from the Prefect run (task
+        run id, or flow run attempt), so a task retry re-attaches instead of launching again.
         """
-        status = await _ops.launch(
+        started = await _ops.launch(
             self.credentials,
             {**self.params, **(params or {})},
             key=key,
-            relaunch_on_retry=self.relaunch_on_retry,
-            success=parse_states(self.success_states),
+            relaunch_failed=self.relaunch_failed,
+            success=parse_states(self.success),
             artifacts=self.create_artifacts,
+            cancel_on_kill=self.cancel_on_kill,
         )
-        return ExternalRun(self, status.ref, status)
+        run = ExternalRun(self, started.ref, started.status)
+        # the launch could not read the run's status (its URL): the wait makes the link
+        run._link_pending = self.create_artifacts and started.status is None
+        return run
 
     @async_dispatch(atrigger)
     def trigger(  # type: ignore[override]
@@ -200,6 +233,7 @@ class ExternalRun(JobRun[RunStatus]):  # not a block
         self.ref = ref
         self.status: RunStatus | None = status
         """The last status seen."""
+        self._link_pending = False
 
     def __repr__(self) -> str:
         state = self.status.state.value if self.status else "?"
@@ -212,8 +246,11 @@ class ExternalRun(JobRun[RunStatus]):  # not a block
 
     async def await_for_completion(self) -> RunStatus:
         """Wait until the run ends and return its final status (a failed run is returned, not
-        raised; ``WaitTimeout`` after the job's ``timeout_seconds``)."""
-        self.status = await _ops.wait(self.job.credentials, self.ref, self.job.wait_policy())
+        raised; ``WaitTimeout`` after the job's ``wait_timeout``)."""
+        link, self._link_pending = self._link_pending, False
+        self.status = await _ops.wait(
+            self.job.credentials, self.ref, self.job.wait_policy(), link=link
+        )
         return self.status
 
     @async_dispatch(await_for_completion)
@@ -227,7 +264,7 @@ class ExternalRun(JobRun[RunStatus]):  # not a block
         if self.status is None or not self.status.is_terminal:
             await self.await_for_completion()
         assert self.status is not None
-        return self.status.raise_for_state(parse_states(self.job.success_states))
+        return self.status.raise_for_state(parse_states(self.job.success))
 
     @async_dispatch(afetch_result)
     def fetch_result(self) -> RunStatus:  # type: ignore[override]

@@ -7,7 +7,8 @@ connection pool per credentials; in async flows, gather the ``a`` forms
 (``await asyncio.gather(*(alaunch_and_wait(...) for ...))``) for the same effect.
 
 Defaults: no caching (a launch must never be answered from a cache), no retries unless asked
-(with ``retries=``, a retry re-attaches to the run the first attempt launched), and the tag
+(with ``retries=``, a retry re-attaches to the run the first attempt launched, through
+core's planner and records kept in Prefect's result store), and the tag
 ``runbridge`` (for a tag concurrency limit on external runs).
 """
 
@@ -20,6 +21,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from ..core.config import seconds
+from ..core.errors import ConfigError
 from ..core.models import RunRef, RunStatus
 from ..core.schedule import PollSchedule
 from ..core.states import DEFAULT_SUCCESS, RunState, parse_states
@@ -42,22 +45,24 @@ Seconds = float | timedelta
 RefLike = RunRef | Mapping[str, Any] | str
 
 
-def _seconds(value: Seconds | None) -> float | None:
-    return value.total_seconds() if isinstance(value, timedelta) else value
-
-
 def _policy(
-    timeout: Seconds | None,
+    wait_timeout: Seconds | None,
     run_timeout: Seconds | None,
     poll: PollSchedule | float | None,
+    error_window: Seconds | None,
     success: Iterable[RunState | str] | str | None,
     cancel_on_kill: bool | None,
     artifacts: bool,
 ) -> _ops.WaitPolicy:
+    if isinstance(poll, (int, float)) and not isinstance(poll, bool):
+        poll = PollSchedule.fixed(seconds(poll, "poll", positive=True) or 0.0)
+    elif poll is not None and not isinstance(poll, PollSchedule):
+        raise ConfigError(f"poll must be a number of seconds or a PollSchedule, got {poll!r}")
     return _ops.WaitPolicy(
-        timeout=_seconds(timeout),
-        run_timeout=_seconds(run_timeout),
-        poll=PollSchedule.fixed(poll) if isinstance(poll, (int, float)) else poll,
+        wait_timeout=seconds(wait_timeout, "wait_timeout"),
+        run_timeout=seconds(run_timeout, "run_timeout"),
+        poll=poll,
+        error_window=seconds(error_window, "error_window"),
         success=DEFAULT_SUCCESS if success is None else parse_states(success),
         cancel_on_kill=cancel_on_kill,
         artifacts=artifacts,
@@ -73,8 +78,8 @@ async def _launch_run(
     key: str | None,
     create_artifacts: bool,
 ) -> RunRef:
-    status = await _ops.launch(credentials, params, key=key, artifacts=create_artifacts)
-    return status.ref
+    started = await _ops.launch(credentials, params, key=key, artifacts=create_artifacts)
+    return started.ref
 
 
 async def _wait_for_run(
@@ -88,17 +93,18 @@ async def _launch_and_wait(
     credentials: RunbridgeCredentials,
     params: Mapping[str, Any],
     policy: _ops.WaitPolicy,
-    relaunch_on_retry: bool,
+    relaunch_failed: bool,
 ) -> RunStatus:
-    first = await _ops.launch(
+    started = await _ops.launch(
         credentials,
         params,
-        relaunch_on_retry=relaunch_on_retry,
+        relaunch_failed=relaunch_failed,
         success=policy.success,
         artifacts=policy.artifacts,
         cancel_on_kill=policy.cancel_on_kill is not False,
     )
-    status = await _ops.wait(credentials, first.ref, policy)
+    link = policy.artifacts and started.status is None
+    status = await _ops.wait(credentials, started.ref, policy, link=link)
     return status.raise_for_state(policy.success)
 
 
@@ -115,8 +121,8 @@ async def alaunch_run(
 ) -> RunRef:
     """Launch a run on the platform and return its ``RunRef`` (pass it to ``wait_for_run``).
 
-    ``key``: an idempotency key; by default derived from this task run, so a retry of the task
-    re-attaches to the run it launched. A link artifact to the run's page is created.
+    ``key``: the launch's identity; by default derived from this task run, so a retry of the
+    task re-attaches to the run it launched. A link artifact to the run's page is created.
     """
     return await _launch_run(credentials, params, key, create_artifacts)
 
@@ -131,8 +137,8 @@ def launch_run(
 ) -> RunRef:
     """Launch a run on the platform and return its ``RunRef`` (pass it to ``wait_for_run``).
 
-    ``key``: an idempotency key; by default derived from this task run, so a retry of the task
-    re-attaches to the run it launched. A link artifact to the run's page is created.
+    ``key``: the launch's identity; by default derived from this task run, so a retry of the
+    task re-attaches to the run it launched. A link artifact to the run's page is created.
     """
     return run_sync(_launch_run(credentials, params, key, create_artifacts))
 
@@ -145,9 +151,10 @@ async def await_for_run(
     credentials: RunbridgeCredentials,
     ref: RefLike,
     *,
-    timeout: Seconds | None = None,
+    wait_timeout: Seconds | None = None,
     run_timeout: Seconds | None = None,
     poll: PollSchedule | float | None = None,
+    error_window: Seconds | None = None,
     success: Iterable[RunState | str] | str | None = None,
     check: bool = True,
     cancel_on_kill: bool | None = None,
@@ -155,13 +162,16 @@ async def await_for_run(
 ) -> RunStatus:
     """Wait for a run to end and return its final ``RunStatus``.
 
-    ``timeout``: stop waiting (``WaitTimeout``), the run keeps going; ``run_timeout``: cancel
-    the run once it is that old. ``check``: fail the task with the platform's message unless
+    ``wait_timeout``: stop waiting (``WaitTimeout``), the run keeps going; ``run_timeout``:
+    cancel the run once it is that old. ``error_window``: seconds of transient errors
+    tolerated (default: the credentials'). ``check``: fail the task with the platform's message unless
     the run ended in a ``success`` state (default SUCCEEDED). ``cancel_on_kill``: cancel the
     run if the wait is killed (flow run cancelled, timeout); by default only when this flow
     run launched it.
     """
-    policy = _policy(timeout, run_timeout, poll, success, cancel_on_kill, create_artifacts)
+    policy = _policy(
+        wait_timeout, run_timeout, poll, error_window, success, cancel_on_kill, create_artifacts
+    )
     return await _wait_for_run(credentials, ref, policy, check)
 
 
@@ -170,9 +180,10 @@ def wait_for_run(
     credentials: RunbridgeCredentials,
     ref: RefLike,
     *,
-    timeout: Seconds | None = None,
+    wait_timeout: Seconds | None = None,
     run_timeout: Seconds | None = None,
     poll: PollSchedule | float | None = None,
+    error_window: Seconds | None = None,
     success: Iterable[RunState | str] | str | None = None,
     check: bool = True,
     cancel_on_kill: bool | None = None,
@@ -180,13 +191,16 @@ def wait_for_run(
 ) -> RunStatus:
     """Wait for a run to end and return its final ``RunStatus``.
 
-    ``timeout``: stop waiting (``WaitTimeout``), the run keeps going; ``run_timeout``: cancel
-    the run once it is that old. ``check``: fail the task with the platform's message unless
+    ``wait_timeout``: stop waiting (``WaitTimeout``), the run keeps going; ``run_timeout``:
+    cancel the run once it is that old. ``error_window``: seconds of transient errors
+    tolerated (default: the credentials'). ``check``: fail the task with the platform's message unless
     the run ended in a ``success`` state (default SUCCEEDED). ``cancel_on_kill``: cancel the
     run if the wait is killed (flow run cancelled, timeout); by default only when this flow
     run launched it.
     """
-    policy = _policy(timeout, run_timeout, poll, success, cancel_on_kill, create_artifacts)
+    policy = _policy(
+        wait_timeout, run_timeout, poll, error_window, success, cancel_on_kill, create_artifacts
+    )
     return run_sync(_wait_for_run(credentials, ref, policy, check))
 
 
@@ -198,25 +212,31 @@ async def alaunch_and_wait(
     credentials: RunbridgeCredentials,
     params: Mapping[str, Any],
     *,
-    timeout: Seconds | None = None,
+    wait_timeout: Seconds | None = None,
     run_timeout: Seconds | None = None,
     poll: PollSchedule | float | None = None,
+    error_window: Seconds | None = None,
     success: Iterable[RunState | str] | str | None = None,
     cancel_on_kill: bool = True,
-    relaunch_on_retry: bool = False,
+    relaunch_failed: bool = False,
     create_artifacts: bool = True,
 ) -> RunStatus:
     """Launch a run, wait for it to end, and return its final ``RunStatus``.
 
     Fails the task with the platform's message unless the run ended in a ``success`` state
     (default SUCCEEDED). A retry of this task re-attaches to the run it launched (and, with
-    ``relaunch_on_retry``, launches anew if that run failed). Killing the task (flow run
-    cancelled, task or flow timeout) cancels the run unless ``cancel_on_kill=False``.
-    ``timeout`` stops waiting and leaves the run going; ``run_timeout`` cancels it once it is
-    that old. ``poll``: seconds between checks, or a ``PollSchedule``.
+    ``relaunch_failed``, launches anew if that run ended without success); a run runbridge
+    cancelled (the task was killed, ``run_timeout``) is replaced by a new one. Killing the task
+    (flow run cancelled, task or flow timeout) cancels the run unless ``cancel_on_kill=False``.
+    ``wait_timeout`` stops waiting and leaves the run going; ``run_timeout`` cancels it once it
+    is that old. ``poll``: seconds between checks, or a ``PollSchedule`` (default: the
+    credentials'). ``error_window``: seconds of transient errors tolerated (default: the
+    credentials').
     """
-    policy = _policy(timeout, run_timeout, poll, success, cancel_on_kill, create_artifacts)
-    return await _launch_and_wait(credentials, params, policy, relaunch_on_retry)
+    policy = _policy(
+        wait_timeout, run_timeout, poll, error_window, success, cancel_on_kill, create_artifacts
+    )
+    return await _launch_and_wait(credentials, params, policy, relaunch_failed)
 
 
 @task(name="launch_and_wait", **TASK_DEFAULTS)
@@ -224,22 +244,28 @@ def launch_and_wait(
     credentials: RunbridgeCredentials,
     params: Mapping[str, Any],
     *,
-    timeout: Seconds | None = None,
+    wait_timeout: Seconds | None = None,
     run_timeout: Seconds | None = None,
     poll: PollSchedule | float | None = None,
+    error_window: Seconds | None = None,
     success: Iterable[RunState | str] | str | None = None,
     cancel_on_kill: bool = True,
-    relaunch_on_retry: bool = False,
+    relaunch_failed: bool = False,
     create_artifacts: bool = True,
 ) -> RunStatus:
     """Launch a run, wait for it to end, and return its final ``RunStatus``.
 
     Fails the task with the platform's message unless the run ended in a ``success`` state
     (default SUCCEEDED). A retry of this task re-attaches to the run it launched (and, with
-    ``relaunch_on_retry``, launches anew if that run failed). Killing the task (flow run
-    cancelled, task or flow timeout) cancels the run unless ``cancel_on_kill=False``.
-    ``timeout`` stops waiting and leaves the run going; ``run_timeout`` cancels it once it is
-    that old. ``poll``: seconds between checks, or a ``PollSchedule``.
+    ``relaunch_failed``, launches anew if that run ended without success); a run runbridge
+    cancelled (the task was killed, ``run_timeout``) is replaced by a new one. Killing the task
+    (flow run cancelled, task or flow timeout) cancels the run unless ``cancel_on_kill=False``.
+    ``wait_timeout`` stops waiting and leaves the run going; ``run_timeout`` cancels it once it
+    is that old. ``poll``: seconds between checks, or a ``PollSchedule`` (default: the
+    credentials'). ``error_window``: seconds of transient errors tolerated (default: the
+    credentials').
     """
-    policy = _policy(timeout, run_timeout, poll, success, cancel_on_kill, create_artifacts)
-    return run_sync(_launch_and_wait(credentials, params, policy, relaunch_on_retry))
+    policy = _policy(
+        wait_timeout, run_timeout, poll, error_window, success, cancel_on_kill, create_artifacts
+    )
+    return run_sync(_launch_and_wait(credentials, params, policy, relaunch_failed))

@@ -124,7 +124,7 @@ def test_a_wait_timeout_leaves_the_run_going(rest_emu, rest_credentials):
 
     @flow
     def nightly():
-        return launch_and_wait(rest_credentials, {"job": "nightly"}, timeout=0.3, poll=0.05)
+        return launch_and_wait(rest_credentials, {"job": "nightly"}, wait_timeout=0.3, poll=0.05)
 
     state = nightly(return_state=True)
     with pytest.raises(WaitTimeout, match="keeps going"):

@@ -18,7 +18,7 @@ FAILING = Script([("running", 0.2)], final="failed", message="bad input")
 @pytest.fixture
 def job(rest_credentials) -> ExternalRunJob:
     return ExternalRunJob(
-        credentials=rest_credentials, params={"job": "nightly"}, poll_interval_seconds=0.05
+        credentials=rest_credentials, params={"job": "nightly"}, poll_interval=0.05
     )
 
 

@@ -7,10 +7,11 @@ import asyncio
 from prefect import flow, unmapped
 
 from runbridge import RunFailed, RunRef, RunState, RunStatus
+from runbridge.core.planner import LaunchRecord
+from runbridge.core.shared import clients_created
 from runbridge.prefect_blocks import (
     RunbridgeCredentials,
     _runtime,
-    _shared,
     alaunch_and_wait,
     launch_and_wait,
     launch_run,
@@ -107,7 +108,7 @@ def test_langgraph_success_and_failure(langgraph_emu, langgraph_credentials):
 def test_twenty_concurrent_runs_in_an_async_flow_share_one_client(
     relay, rest_emu, rest_credentials
 ):
-    before = _shared.clients_created
+    before = clients_created()
 
     @flow
     async def fan_out():
@@ -118,14 +119,14 @@ def test_twenty_concurrent_runs_in_an_async_flow_share_one_client(
     statuses = asyncio.run(fan_out())
     assert [s.state for s in statuses] == [RunState.SUCCEEDED] * 20
     assert len(rest_emu.launches) == 20
-    assert _shared.clients_created - before == 1  # one AsyncRunClient: one connection pool
+    assert clients_created() - before == 1  # one AsyncRunClient: one connection pool
     requests = len(rest_emu.requests)
     assert requests >= 60  # a launch, a first check and checks while waiting, each
     assert len(relay.peers) <= 20 < requests  # connections are reused across polls
 
 
 def test_twenty_mapped_runs_in_a_sync_flow_share_one_client(relay, rest_emu, rest_credentials):
-    before = _shared.clients_created
+    before = clients_created()
 
     @flow
     def fan_out():
@@ -136,7 +137,7 @@ def test_twenty_mapped_runs_in_a_sync_flow_share_one_client(relay, rest_emu, res
     assert [s.state for s in statuses] == [RunState.SUCCEEDED] * 20
     assert len(rest_emu.launches) == 20
     # the sync tasks all run on runbridge's loop: at most one client, kept for the process
-    assert _shared.clients_created - before <= 1
+    assert clients_created() - before <= 1
     assert len(relay.peers) <= 20 < len(rest_emu.requests)
 
 
@@ -158,7 +159,7 @@ def test_a_retry_after_a_failed_wait_reattaches(rest_emu):
     def nightly():
         # each attempt gives up waiting after 0.4 s; the run takes ~1.1 s
         retrying = launch_and_wait.with_options(retries=5, retry_delay_seconds=0)
-        return retrying(credentials, {"job": "nightly"}, timeout=0.4, poll=0.05, return_state=True)
+        return retrying(credentials, {"job": "nightly"}, wait_timeout=0.4, poll=0.05, return_state=True)
 
     state = nightly()
     status = state.result()
@@ -169,10 +170,16 @@ def test_a_retry_after_a_failed_wait_reattaches(rest_emu):
     logs = flow_run_logs(state.state_details.flow_run_id)
     assert sum("Re-attached to rest run" in line for line in logs) == task_run.run_count - 1
 
-    # the record also went to Prefect's result storage: found without this process's memory
+    # the records also went to Prefect's result storage: found without this process's memory
     key = f"prefect-{task_run.flow_run_id}-{task_run.id}-0"
-    _runtime._memory.pop(key)
-    assert asyncio.run(_runtime.read_record(key)) == status.ref
+    in_memory = _runtime._memory.pop(key)
+    records = asyncio.run(_runtime.read_records(key))
+    assert [r.to_dict() for r in records] == in_memory
+    # the first attempt launched (no "starting" record: this platform cannot find by key),
+    # every retry re-attached, all with the task's key
+    assert records == [LaunchRecord(key, status.ref, "launched")] + [
+        LaunchRecord(key, status.ref, "reattached")
+    ] * (task_run.run_count - 1)
 
 
 def test_a_retry_reattaches_on_langgraph(langgraph_emu, langgraph_credentials):
@@ -180,19 +187,19 @@ def test_a_retry_reattaches_on_langgraph(langgraph_emu, langgraph_credentials):
     def agent():
         retrying = launch_and_wait.with_options(retries=5, retry_delay_seconds=0)
         params = {"assistant_id": "agent", "input": {"input": {"sleep": 1.0}}}
-        return retrying(langgraph_credentials, params, timeout=0.4, poll=0.05)
+        return retrying(langgraph_credentials, params, wait_timeout=0.4, poll=0.05)
 
     assert agent().state is RunState.SUCCEEDED
     assert len(langgraph_emu.launches) == 1
 
 
-def test_relaunch_on_retry_launches_again_after_a_failed_run(rest_emu, rest_credentials):
+def test_relaunch_failed_launches_again_after_a_failed_run(rest_emu, rest_credentials):
     rest_emu.script(FAILING)  # the first run fails; the next ones succeed
 
     @flow
     def nightly():
         retrying = launch_and_wait.with_options(retries=1, retry_delay_seconds=0)
-        return retrying(rest_credentials, {"job": "nightly"}, poll=0.05, relaunch_on_retry=True)
+        return retrying(rest_credentials, {"job": "nightly"}, poll=0.05, relaunch_failed=True)
 
     assert nightly().state is RunState.SUCCEEDED
     assert len(rest_emu.launches) == 2
