@@ -14,14 +14,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .hooks import ConnectionSettings, RunbridgeHook
+    from .hooks import RunbridgeHook
     from .links import RunPageLink
     from .operators import LaunchRunOperator
     from .sensors import RunSensor
     from .triggers import RunTrigger
 
 __all__ = [
-    "ConnectionSettings",
     "LaunchRunOperator",
     "RunPageLink",
     "RunSensor",
@@ -30,7 +29,6 @@ __all__ = [
 ]
 
 _WHERE = {
-    "ConnectionSettings": "hooks",
     "RunbridgeHook": "hooks",
     "LaunchRunOperator": "operators",
     "RunSensor": "sensors",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from ..core.config import seconds as check_seconds
 from ..core.errors import ConfigError, RunFailed
 from ..core.schedule import PollSchedule
 from ..core.states import DEFAULT_SUCCESS, RunState, parse_states
@@ -32,26 +33,23 @@ PollLike = Seconds | PollSchedule | Mapping[str, Any]
 
 
 def seconds(value: Seconds | None, name: str) -> float | None:
-    """A duration argument (seconds or a timedelta) as seconds, checked."""
-    if value is None:
-        return None
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"{name} must be a non-negative number of seconds, got {value!r}")
-    return float(value)
+    """A duration argument (seconds or a timedelta) as seconds, checked (core's rule)."""
+    return check_seconds(value, name)
 
 
 def poll_schedule(value: PollLike | None) -> PollSchedule | None:
-    """``poll_interval``: a number (a fixed interval), a PollSchedule, its fields, or None
-    (core's adaptive default: 1 s at first, backing off to 30 s)."""
+    """``poll``: a number (a fixed interval), a PollSchedule, its fields, or None (the
+    connection's schedule; core's default is adaptive, 1 s at first, backing off to 30 s)."""
     if value is None or isinstance(value, PollSchedule):
         return value
     if isinstance(value, Mapping):
-        return PollSchedule(**value)
-    interval = seconds(value, "poll_interval")
+        try:
+            return PollSchedule(**value)
+        except TypeError as exc:
+            raise ConfigError(f"poll: {exc}") from None
+    interval = seconds(value, "poll")
     if not interval:
-        raise ConfigError("poll_interval must be positive")
+        raise ConfigError("poll must be a positive number of seconds")
     return PollSchedule.fixed(interval)
 
 

@@ -35,9 +35,9 @@ CONN_FIELDS: dict[str, Any] = {
         '{"assistant_id": "agent"} for LangGraph or the rest provider\'s endpoints.',
         "schema": {"type": ["object", "null"]},
     },
-    "timeout": {
+    "request_timeout": {
         "label": "Request timeout (seconds)",
-        "description": "Timeout of each HTTP request to the platform (default 30).",
+        "description": "Seconds one HTTP request to the platform may take in all (default 30).",
         "schema": {"type": ["number", "null"]},
     },
     "retry": {
@@ -45,6 +45,24 @@ CONN_FIELDS: dict[str, Any] = {
         "description": 'A JSON object of runbridge RetryPolicy fields, e.g. {"attempts": 5, '
         '"total": 60}: how a request that failed in a retryable way is tried again.',
         "schema": {"type": ["object", "null"]},
+    },
+    "poll": {
+        "label": "Poll interval (seconds)",
+        "description": "Seconds between status checks while waiting (default: adaptive, 1 s "
+        "backing off to 30 s); in the extra JSON also an object of PollSchedule fields. "
+        "An operator's poll argument overrides it.",
+        "schema": {"type": ["number", "null"]},
+    },
+    "error_window": {
+        "label": "Error window (seconds)",
+        "description": "Seconds of transient platform errors (5xx, 429, network) a wait "
+        "tolerates before it fails (default 600). An operator's error_window overrides it.",
+        "schema": {"type": ["number", "null"]},
+    },
+    "max_body": {
+        "label": "Largest response (bytes)",
+        "description": "The largest response body read from the platform (default 8 MiB).",
+        "schema": {"type": ["integer", "null"]},
     },
 }
 

@@ -1,4 +1,4 @@
-"""``RunbridgeHook``: an Airflow connection in, a runbridge client out.
+"""``RunbridgeHook``: an Airflow connection in, a runbridge client configuration out.
 
 A ``runbridge`` connection holds:
 
@@ -9,17 +9,19 @@ A ``runbridge`` connection holds:
 * **Token** (the password field, optional): sent the way the platform expects it.
 * **Extra** (JSON): ``platform`` (required: ``langgraph``, ``rest``, ...), ``options`` (the
   platform's provider options, e.g. the ``rest`` provider's endpoint configuration or
-  LangGraph's ``assistant_id``), ``timeout`` (seconds per HTTP request) and ``retry``
-  (``RetryPolicy`` fields for each request, e.g. ``{"attempts": 3}``).
+  LangGraph's ``assistant_id``), and the client settings of
+  :class:`~runbridge.core.config.ClientConfig`: ``request_timeout`` (seconds one HTTP request
+  may take in all), ``retry`` (``RetryPolicy`` fields, e.g. ``{"attempts": 3}``), ``poll``
+  (seconds between checks, or ``PollSchedule`` fields), ``error_window`` (seconds of transient
+  errors a wait tolerates) and ``max_body`` (bytes). Any other key is an error naming it.
 
-Nothing here knows a platform: the connection is turned into core's
-:class:`~runbridge.RunClient` / :class:`~runbridge.AsyncRunClient`, which do.
+The connection is read into one :class:`~runbridge.core.config.ClientConfig`, validated when it
+is read (a ``ConfigError`` naming the connection and the field); the operator, the sensor and
+the trigger ask that configuration for their clients. Nothing here knows a platform.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -27,6 +29,7 @@ from urllib.parse import quote
 
 from airflow.sdk import BaseHook
 
+from ..core.config import ClientConfig
 from ..core.errors import ConfigError
 from ._common import DEFAULT_CONN_ID
 
@@ -35,28 +38,21 @@ if TYPE_CHECKING:
 
     from ..core.client import AsyncRunClient, RunClient
 
-__all__ = ["ConnectionSettings", "RunbridgeHook"]
+__all__ = ["RunbridgeHook", "client_config"]
 
 CONN_TYPE = "runbridge"
-EXTRA_KEYS = ("platform", "options", "timeout", "retry", "scheme")
+CLIENT_KEYS = ("options", "request_timeout", "retry", "poll", "error_window", "max_body")
+"""Extra keys that are :class:`ClientConfig` fields (platform, base URL and token have their own)."""
+EXTRA_KEYS = ("platform", *CLIENT_KEYS, "scheme")
+_JSON_OBJECTS = {"options": "provider options", "retry": "RetryPolicy fields"}
 
 
-@dataclasses.dataclass(frozen=True)
-class ConnectionSettings:
-    """What a ``runbridge`` connection says, validated. The token never shows in its repr."""
-
-    conn_id: str
-    platform: str
-    base_url: str
-    token: str | None = dataclasses.field(default=None, repr=False)
-    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    timeout: float | None = None
-    retry: Mapping[str, Any] | None = None
-    """``RetryPolicy`` fields for each request (attempts, total, first, cap, ...)."""
-
-    @classmethod
-    def from_connection(cls, conn: Connection) -> ConnectionSettings:
-        conn_id = conn.conn_id
+def client_config(conn: Connection) -> ClientConfig:
+    """The :class:`ClientConfig` a ``runbridge`` connection describes, or ``ConfigError``
+    naming the connection and what is wrong with it (never its token)."""
+    conn_id = conn.conn_id
+    token = conn.password or None
+    try:
         extra = _extra(conn)
         platform = extra.get("platform")
         if not isinstance(platform, str) or not platform.strip():
@@ -64,84 +60,40 @@ class ConnectionSettings:
                 f"connection {conn_id!r} names no platform: set the extra "
                 '{"platform": "<name>"} (for example "langgraph" or "rest")'
             )
-        options = _object(extra, "options", conn_id, f"{platform} provider options")
-        retry = _object(extra, "retry", conn_id, "RetryPolicy fields") or None
-        if retry is not None:
-            from ..core.schedule import RetryPolicy
-
-            try:
-                RetryPolicy(**retry)
-            except TypeError as exc:
-                raise ConfigError(f"connection {conn_id!r}: extra 'retry': {exc}") from None
-        timeout = extra.get("timeout")
-        if timeout in (None, ""):
-            timeout = None
-        else:
-            try:
-                timeout = float(timeout)
-            except (TypeError, ValueError):
-                raise ConfigError(
-                    f"connection {conn_id!r}: extra 'timeout' must be a number of seconds, "
-                    f"got {timeout!r}"
-                ) from None
-        return cls(
-            conn_id=conn_id,
-            platform=platform.strip(),
-            base_url=_base_url(conn, extra),
-            token=conn.password or None,
-            options=options,
-            timeout=timeout,
-            retry=retry,
-        )
-
-    def _kwargs(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
-        kwargs: dict[str, Any] = dict(self.options)
-        if self.timeout is not None:
-            kwargs["timeout"] = self.timeout
-        if self.retry is not None:
-            from ..core.schedule import RetryPolicy
-
-            kwargs["retry"] = RetryPolicy(**self.retry)
-        kwargs.update(overrides)
-        return kwargs
-
-    def client(self, **overrides: Any) -> RunClient:
-        from ..core.client import RunClient
-
-        return RunClient(self.platform, self.base_url, self.token, **self._kwargs(overrides))
-
-    def async_client(self, **overrides: Any) -> AsyncRunClient:
-        from ..core.client import AsyncRunClient
-
-        return AsyncRunClient(self.platform, self.base_url, self.token, **self._kwargs(overrides))
-
-    def fingerprint(self) -> str:
-        """A digest of everything that shapes a client (the token included, never shown), so a
-        changed connection gets a new client."""
-        text = json.dumps(
-            [self.platform, self.base_url, self.token, self.options, self.timeout, self.retry],
-            sort_keys=True,
-            default=str,
-        )
-        return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _object(extra: Mapping[str, Any], name: str, conn_id: str, what: str) -> dict[str, Any]:
-    """An extra field holding a JSON object (or its JSON text, as a connection URI gives it)."""
-    value = extra.get(name) or {}
-    if isinstance(value, str):
+        settings = {name: _value(extra, name, conn_id) for name in CLIENT_KEYS}
+        data = {"platform": platform, "base_url": _base_url(conn, extra), "token": token}
         try:
-            value = json.loads(value)
-        except ValueError as exc:
+            return ClientConfig.from_mapping({**data, **settings})
+        except ConfigError as exc:
+            raise ConfigError(f"connection {conn_id!r}: {exc}") from None
+    except ConfigError as exc:
+        if not token:
+            raise
+        from ..core.redact import Redactor
+
+        # a value echoed from the connection may carry the token (pasted in the wrong field)
+        raise ConfigError(Redactor([token]).text(str(exc))) from None
+
+
+def _value(extra: Mapping[str, Any], name: str, conn_id: str) -> Any:
+    """One client setting from the extra. A connection URI gives every value as text: JSON
+    text is read (``5``, ``{"attempts": 3}``); other text is left for ClientConfig to refuse
+    by name."""
+    value = extra.get(name)
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        if name in _JSON_OBJECTS:
             raise ConfigError(
-                f"connection {conn_id!r}: extra {name!r} is not valid JSON: {exc}"
+                f"connection {conn_id!r}: extra {name!r} is not valid JSON "
+                f"({_JSON_OBJECTS[name]} expected): {exc}"
             ) from None
-    if not isinstance(value, Mapping):
-        raise ConfigError(
-            f"connection {conn_id!r}: extra {name!r} must be a JSON object of {what}, "
-            f"got {type(value).__name__}"
-        )
-    return dict(value)
+        return value
 
 
 def _extra(conn: Connection) -> dict[str, Any]:
@@ -231,25 +183,26 @@ class RunbridgeHook(BaseHook):
             "placeholders": dict(UI_FIELD_BEHAVIOUR["placeholders"]),
         }
 
-    def settings(self) -> ConnectionSettings:
-        return ConnectionSettings.from_connection(self.get_connection(self.runbridge_conn_id))
+    def client_config(self) -> ClientConfig:
+        """The connection as a :class:`ClientConfig` (read now, validated)."""
+        return client_config(self.get_connection(self.runbridge_conn_id))
 
-    async def asettings(self) -> ConnectionSettings:
-        conn = await self.aget_connection(self.runbridge_conn_id)
-        return ConnectionSettings.from_connection(conn)
+    async def aclient_config(self) -> ClientConfig:
+        """:meth:`client_config`, reading the connection without blocking the event loop."""
+        return client_config(await self.aget_connection(self.runbridge_conn_id))
 
     def get_conn(self) -> RunClient:
         return self.get_client()
 
     def get_client(self, **overrides: Any) -> RunClient:
         """A new :class:`~runbridge.RunClient` for this connection (close it, or use ``with``).
-        ``overrides`` are client arguments (``timeout``, ``retry``, ``hooks``...)."""
-        return self.settings().client(**overrides)
+        ``overrides`` are client arguments (``request_timeout``, ``retry``, ``hooks``...)."""
+        return self.client_config().client(**overrides)
 
     async def get_async_client(self, **overrides: Any) -> AsyncRunClient:
         """A new :class:`~runbridge.AsyncRunClient` for this connection. Triggers share one per
-        connection instead (see :mod:`runbridge.airflow_provider.triggers`)."""
-        return (await self.asettings()).async_client(**overrides)
+        configuration and event loop instead (``runbridge.core.shared.shared_async_client``)."""
+        return (await self.aclient_config()).async_client(**overrides)
 
     def test_connection(self) -> tuple[bool, str]:
         """Reach the platform with the connection's URL and token, and say what happened.
@@ -267,12 +220,13 @@ class RunbridgeHook(BaseHook):
         from ..core.schedule import RetryPolicy
 
         try:
-            settings = self.settings()
+            config = self.client_config()
+            client = config.client(retry=RetryPolicy.none(), request_timeout=10.0)
         except RunbridgeError as exc:
             return False, f"Bad connection: {exc}"
-        where = f"{settings.platform} at {settings.base_url}"
-        try:
-            with settings.client(retry=RetryPolicy.none(), timeout=10.0) as client:
+        with client:
+            where = client.redact(f"{config.platform} at {config.base_url}")
+            try:
                 try:
                     client.list(limit=1)
                     return True, f"Connected to {where}: listing runs works."
@@ -287,7 +241,7 @@ class RunbridgeHook(BaseHook):
                         f"exist as expected ({type(exc).__name__})."
                     )
                 return True, f"Connected to {where}."
-        except AuthError as exc:
-            return False, f"{where} refused the token: {exc}"
-        except RunbridgeError as exc:
-            return False, f"Could not use {where}: {exc}"
+            except AuthError as exc:
+                return False, f"{where} refused the token: {exc}"
+            except RunbridgeError as exc:
+                return False, f"Could not use {where}: {exc}"

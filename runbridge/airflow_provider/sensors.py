@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 from airflow.sdk.exceptions import AirflowException, AirflowSensorTimeout
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, RunbridgeError, retryable
 from ..core.models import RunRef, RunStatus
 from ..core.schedule import PollSchedule
 from ..core.states import RunState
@@ -40,17 +40,19 @@ class RunSensor(RunOutcome, BaseSensorOperator):
         ``run_ref`` (``{{ ti.xcom_pull(task_ids="launch", key="run_ref") }}``), a
         ``RunRef`` or its dict, or the platform's own run id (with ``scope`` where the
         platform needs one, e.g. LangGraph's ``{"thread_id": ...}``).
-    :param conn_id: a ``runbridge`` connection (templated).
+    :param runbridge_conn_id: a ``runbridge`` connection (templated).
     :param scope: what else the platform needs to address a run given by id (templated).
     :param success: the terminal states that count as success (default ``SUCCEEDED``).
     :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
 
     ``poke_interval``, ``timeout``, ``mode`` and ``soft_fail`` are the usual sensor
     arguments; deferred, the wait uses the platform's blocking endpoint where it has one.
+    Transient platform errors are tolerated for the connection's ``error_window`` (a poke
+    that hits one checks again at the next poke).
     Returns ``RunStatus.to_dict()`` of the ended run.
     """
 
-    template_fields = ("run", "conn_id", "scope")
+    template_fields = ("run", "runbridge_conn_id", "scope")
     operator_extra_links = (RunPageLink(),)
     ui_color = "#e8f1fb"
 
@@ -58,7 +60,7 @@ class RunSensor(RunOutcome, BaseSensorOperator):
         self,
         *,
         run: str | Mapping[str, Any] | RunRef,
-        conn_id: str = DEFAULT_CONN_ID,
+        runbridge_conn_id: str = DEFAULT_CONN_ID,
         scope: Mapping[str, str] | None = None,
         success: Iterable[RunState | str] | str | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
@@ -66,19 +68,20 @@ class RunSensor(RunOutcome, BaseSensorOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.run = run.to_string() if isinstance(run, RunRef) else run
-        self.conn_id = conn_id
+        self.runbridge_conn_id = runbridge_conn_id
         self.scope = dict(scope) if scope else None
         self.success = success_states(success)
         self.deferrable = deferrable
         self._client: RunClient | None = None
         self._ref: RunRef | None = None
         self._last: RunStatus | None = None
+        self._failing_since: float | None = None
 
     @cached_property
     def hook(self) -> RunbridgeHook:
         from .hooks import RunbridgeHook  # imported when the task runs, not when a DAG is parsed
 
-        return RunbridgeHook(self.conn_id)
+        return RunbridgeHook(self.runbridge_conn_id)
 
     def execute(self, context: Context) -> Any:
         try:
@@ -100,7 +103,7 @@ class RunSensor(RunOutcome, BaseSensorOperator):
         from .triggers import RunTrigger
 
         return RunTrigger(
-            conn_id=self.conn_id,
+            runbridge_conn_id=self.runbridge_conn_id,
             ref=ref.to_dict(),
             poll=poll_fields(PollSchedule.fixed(max(float(self.poke_interval), 0.1))),
             wait_deadline=time.time() + float(self.timeout),
@@ -108,7 +111,21 @@ class RunSensor(RunOutcome, BaseSensorOperator):
         )
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
-        status = self._check(context)
+        try:
+            status = self._check(context)
+        except RunbridgeError as exc:
+            if not retryable(exc) or self._client is None:
+                raise
+            # a transient error (core's one classification) is tolerated for the connection's
+            # error_window within this try (a rescheduled poke starts a window of its own)
+            now = time.monotonic()
+            if self._failing_since is None:
+                self._failing_since = now
+            if now - self._failing_since > self._client.error_window:
+                raise
+            self.log.warning("Could not check the run (%s); checking again at the next poke", exc)
+            return False
+        self._failing_since = None
         if not status.is_terminal:
             return False
         return PokeReturnValue(True, self._finish(context, status))

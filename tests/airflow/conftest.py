@@ -74,7 +74,7 @@ def _connection(relay: Relay, platform: str, options: dict[str, Any]) -> str:
             "extra": {
                 "platform": platform,
                 "options": options,
-                "timeout": 5,
+                "request_timeout": 5,
                 "retry": {"attempts": 3, "first": 0.05, "cap": 0.2, "total": 5},
             },
         }

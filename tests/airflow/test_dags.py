@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 import textwrap
+import time
 from typing import Any
 
 import pytest
 
-from runbridge.testing import Emulator, Script
+from runbridge.testing import Emulator, Relay, Script
 
 from .conftest import TOKEN, load_dag, write_dag
 
@@ -48,7 +51,7 @@ def xcom(dag_run: Any, task_id: str, key: str = "return_value") -> Any:
         return XComModel.deserialize_value(row) if row is not None else None
 
 
-FAST = "poll_interval=0.1"
+FAST = "poll=0.1"
 
 
 @pytest.mark.parametrize("deferrable", [False, True])
@@ -58,7 +61,7 @@ def test_success(rest: Emulator, deferrable: bool) -> None:
     dr = run_dag(
         name,
         f"""
-        LaunchRunOperator(task_id="launch", conn_id="rb_rest", run_params={{"job": "etl"}},
+        LaunchRunOperator(task_id="launch", runbridge_conn_id="rb_rest", run_params={{"job": "etl"}},
                           deferrable={deferrable}, {FAST})
         """,
     )
@@ -82,12 +85,13 @@ def test_failure_fails_the_task_with_the_platform_message(
     dr = run_dag(
         name,
         f"""
-        LaunchRunOperator(task_id="launch", conn_id="rb_rest", run_params={{"job": "etl"}},
+        LaunchRunOperator(task_id="launch", runbridge_conn_id="rb_rest", run_params={{"job": "etl"}},
                           deferrable={deferrable}, retries=2, {FAST})
         """,
     )
     ti = ti_of(dr, "launch")
-    # reattach (the default): a retry would only find the same failed run, so no retry
+    # relaunch_failed=False (the default): a retry would only find the same failed run, so
+    # no retry
     assert ti.state == "failed" and ti.try_number == 1
     out = capfd.readouterr().out
     assert "AirflowFailException" in out and "disk quota exceeded" in out
@@ -95,7 +99,7 @@ def test_failure_fails_the_task_with_the_platform_message(
     assert len(rest.launches) == 1
 
 
-def test_relaunch_on_retry_launches_a_new_run(rest: Emulator) -> None:
+def test_relaunch_failed_launches_a_new_run_with_the_next_key(rest: Emulator) -> None:
     rest.script(
         Script([("running", 0.1)], final="failed", message="flaky"),
         Script([("running", 0.1)], final="succeeded"),
@@ -103,22 +107,22 @@ def test_relaunch_on_retry_launches_a_new_run(rest: Emulator) -> None:
     dr = run_dag(
         "relaunch",
         f"""
-        LaunchRunOperator(task_id="launch", conn_id="rb_rest", run_params={{"job": "etl"}},
-                          on_retry="relaunch", retries=1, {FAST})
+        LaunchRunOperator(task_id="launch", runbridge_conn_id="rb_rest", run_params={{"job": "etl"}},
+                          relaunch_failed=True, retries=1, {FAST})
         """,
     )
     ti = ti_of(dr, "launch")
     assert ti.state == "success" and ti.try_number == 2
     assert len(rest.launches) == 2
     keys = [r.headers.get("idempotency-key") for r in rest.requests_to("POST", "/jobs/")]
-    assert keys[0].endswith("/-1") and keys[1].endswith("/-1#2")
+    assert keys == [f"relaunch/launch/{dr.run_id}/-1", f"relaunch/launch/{dr.run_id}/-1#1"]
 
 
 def test_templated_params_are_rendered(rest: Emulator) -> None:
     dr = run_dag(
         "templated",
         f"""
-        LaunchRunOperator(task_id="launch", conn_id="rb_rest",
+        LaunchRunOperator(task_id="launch", runbridge_conn_id="rb_rest",
                           run_params={{"job": "etl", "day": "{{{{ ds }}}}", "dag": "{{{{ dag.dag_id }}}}",
                                        "nested": {{"run": "{{{{ run_id }}}}"}}}},
                           {FAST})
@@ -136,9 +140,9 @@ def test_wait_for_completion_false_then_sensor(rest: Emulator) -> None:
     dr = run_dag(
         "launch_then_sense",
         """
-        launch = LaunchRunOperator(task_id="launch", conn_id="rb_rest", run_params={"job": "etl"},
+        launch = LaunchRunOperator(task_id="launch", runbridge_conn_id="rb_rest", run_params={"job": "etl"},
                                    wait_for_completion=False)
-        sense = RunSensor(task_id="sense", conn_id="rb_rest", poke_interval=0.1,
+        sense = RunSensor(task_id="sense", runbridge_conn_id="rb_rest", poke_interval=0.1,
                           run="{{ ti.xcom_pull(task_ids='launch', key='run_ref') }}")
         launch >> sense
         """,
@@ -157,7 +161,7 @@ def test_sensor_on_an_existing_run(rest: Emulator, mode: str) -> None:
     dr = run_dag(
         f"sensor_{mode}",
         f"""
-        RunSensor(task_id="sense", conn_id="rb_rest", run={run.id!r}, poke_interval=0.1,
+        RunSensor(task_id="sense", runbridge_conn_id="rb_rest", run={run.id!r}, poke_interval=0.1,
                   timeout=30, {args})
         """,
     )
@@ -171,7 +175,7 @@ def test_sensor_fails_on_a_failed_run(rest: Emulator) -> None:
     dr = run_dag(
         "sensor_failed",
         f"""
-        RunSensor(task_id="sense", conn_id="rb_rest", run="rest:{run.id}", poke_interval=0.1)
+        RunSensor(task_id="sense", runbridge_conn_id="rb_rest", run="rest:{run.id}", poke_interval=0.1)
         """,
     )
     assert ti_of(dr, "sense").state == "failed"
@@ -182,7 +186,7 @@ def test_sensor_accepts_a_success_policy(rest: Emulator) -> None:
     dr = run_dag(
         "sensor_policy",
         f"""
-        RunSensor(task_id="sense", conn_id="rb_rest", run={run.id!r}, poke_interval=0.1,
+        RunSensor(task_id="sense", runbridge_conn_id="rb_rest", run={run.id!r}, poke_interval=0.1,
                   success=["SUCCEEDED", "CANCELLED"])
         """,
     )
@@ -203,7 +207,7 @@ def test_retry_after_a_crash_reattaches(rest: Emulator) -> None:
                     raise RuntimeError("simulated worker crash")
                 return super()._wait(client, ref)
 
-        CrashingOperator(task_id="launch", conn_id="rb_rest", run_params={{"job": "etl"}},
+        CrashingOperator(task_id="launch", runbridge_conn_id="rb_rest", run_params={{"job": "etl"}},
                          retries=1, {FAST})
         """,
     )
@@ -220,13 +224,13 @@ def test_crash_between_launch_and_record_reattaches_by_key(langgraph: Emulator) 
         "crash_by_key",
         f"""
         class CrashingOperator(LaunchRunOperator):
-            def _save_state(self):
+            def _save(self, record):
                 from airflow.sdk import get_current_context
-                if self._state.get("ref") and get_current_context()["ti"].try_number == 1:
+                if record.ref is not None and get_current_context()["ti"].try_number == 1:
                     raise RuntimeError("simulated crash before the run was recorded")
-                super()._save_state()
+                super()._save(record)
 
-        CrashingOperator(task_id="launch", conn_id="rb_langgraph", retries=1, {FAST},
+        CrashingOperator(task_id="launch", runbridge_conn_id="rb_langgraph", retries=1, {FAST},
                          run_params={{"assistant_id": "agent", "input": {{"q": "hi"}}}})
         """,
     )
@@ -235,21 +239,88 @@ def test_crash_between_launch_and_record_reattaches_by_key(langgraph: Emulator) 
     assert len(langgraph.launches) == 1
 
 
-def test_retry_after_a_transient_error_window_reattaches(rest: Emulator) -> None:
-    """The platform stays unreachable past the error window: the try fails, the retry
-    re-attaches; a poll error never relaunches."""
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_retry_after_a_transient_error_window_reattaches(rest: Emulator, deferrable: bool) -> None:
+    """The platform stays unreachable past the operator's error window (in the worker or the
+    trigger): the try fails, the retry re-attaches; a poll error never relaunches."""
     rest.script(Script([("running", 1.5)], final="succeeded"))
     rest.inject(kind="status", status=503, method="GET", times=20)
+    name = f"transient_{'deferred' if deferrable else 'worker'}"
     dr = run_dag(
-        "transient",
+        name,
         f"""
-        LaunchRunOperator(task_id="launch", conn_id="rb_rest", run_params={{"job": "etl"}},
-                          retries=3, error_window=0.2, {FAST})
+        LaunchRunOperator(task_id="launch", runbridge_conn_id="rb_rest", run_params={{"job": "etl"}},
+                          deferrable={deferrable}, retries=3, error_window=0.2, {FAST})
         """,
     )
     ti = ti_of(dr, "launch")
     assert ti.state == "success" and ti.try_number > 1
     assert len(rest.launches) == 1
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_a_retry_whose_first_status_read_fails_reattaches(rest: Emulator, deferrable: bool) -> None:
+    """Core's shared policy through the operator: each try's first status read hits a 503
+    three times (the connection's whole retry budget); try 1 still records its run, try 2
+    re-attaches to it without its status and waits; neither fails on it, one launch."""
+    rest.script(Script([("running", 1.0)], final="succeeded"))
+    rest.inject(kind="status", status=503, method="GET", times=6)
+    name = f"transient_first_{'deferred' if deferrable else 'worker'}"
+    dr = run_dag(
+        name,
+        f"""
+        class CrashingOperator(LaunchRunOperator):
+            def _crash_on_try_1(self):
+                from airflow.sdk import get_current_context
+                if get_current_context()["ti"].try_number == 1:
+                    raise RuntimeError("simulated worker crash")
+
+            def _wait(self, client, ref):
+                self._crash_on_try_1()
+                return super()._wait(client, ref)
+
+            def _defer(self, context, ref):
+                self._crash_on_try_1()
+                return super()._defer(context, ref)
+
+        CrashingOperator(task_id="launch", runbridge_conn_id="rb_rest",
+                         run_params={{"job": "etl"}}, deferrable={deferrable}, retries=1, {FAST})
+        """,
+    )
+    ti = ti_of(dr, "launch")
+    assert ti.state == "success" and ti.try_number == 2
+    assert len(rest.launches) == 1 and rest.faults == []  # both first reads failed
+    assert xcom(dr, "launch")["state"] == "SUCCEEDED"
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_the_connections_error_window_reaches_the_wait(
+    rest: Emulator,
+    relays: dict[str, Relay],
+    deferrable: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """``error_window`` in the connection's extra bounds the wait, in the worker and in the
+    trigger (the default, 600 s, would keep this task waiting)."""
+    connection = json.loads(os.environ["AIRFLOW_CONN_RB_REST"])
+    connection["extra"]["error_window"] = 0.5
+    monkeypatch.setenv("AIRFLOW_CONN_RB_IMPATIENT", json.dumps(connection))
+    rest.script(Script([("running", 60.0)], final="succeeded"))
+    rest.inject(kind="status", status=503, method="GET", times=10_000)
+    name = f"conn_error_window_{'deferred' if deferrable else 'worker'}"
+    started = time.monotonic()
+    dr = run_dag(
+        name,
+        f"""
+        LaunchRunOperator(task_id="launch", runbridge_conn_id="rb_impatient",
+                          run_params={{"job": "etl"}}, deferrable={deferrable}, {FAST})
+        """,
+    )
+    assert ti_of(dr, "launch").state == "failed"
+    assert time.monotonic() - started < 30
+    assert "PlatformUnavailable" in capfd.readouterr().out
+    assert len(rest.launches) == 1 and rest.cancels == []
 
 
 @pytest.mark.parametrize("deferrable", [False, True])
@@ -259,7 +330,7 @@ def test_execution_timeout_cancels_the_run(rest: Emulator, deferrable: bool) -> 
     dr = run_dag(
         name,
         f"""
-        LaunchRunOperator(task_id="launch", conn_id="rb_rest", run_params={{"job": "etl"}},
+        LaunchRunOperator(task_id="launch", runbridge_conn_id="rb_rest", run_params={{"job": "etl"}},
                           deferrable={deferrable}, execution_timeout=timedelta(seconds=3),
                           {FAST})
         """,
@@ -281,7 +352,7 @@ def test_after_a_timeout_cancel_the_retry_launches_a_new_run(
     dr = run_dag(
         name,
         f"""
-        LaunchRunOperator(task_id="launch", conn_id="rb_rest", run_params={{"job": "etl"}},
+        LaunchRunOperator(task_id="launch", runbridge_conn_id="rb_rest", run_params={{"job": "etl"}},
                           deferrable={deferrable}, execution_timeout=timedelta(seconds=3),
                           retries=1, {FAST})
         """,
@@ -299,7 +370,7 @@ def test_run_timeout_cancels_and_the_retry_relaunches(rest: Emulator) -> None:
     dr = run_dag(
         "run_timeout",
         f"""
-        LaunchRunOperator(task_id="launch", conn_id="rb_rest", run_params={{"job": "etl"}},
+        LaunchRunOperator(task_id="launch", runbridge_conn_id="rb_rest", run_params={{"job": "etl"}},
                           run_timeout=1, retries=1, {FAST})
         """,
     )
@@ -315,7 +386,7 @@ def test_wait_timeout_leaves_the_run_going(rest: Emulator, deferrable: bool) -> 
     dr = run_dag(
         name,
         f"""
-        LaunchRunOperator(task_id="launch", conn_id="rb_rest", run_params={{"job": "etl"}},
+        LaunchRunOperator(task_id="launch", runbridge_conn_id="rb_rest", run_params={{"job": "etl"}},
                           deferrable={deferrable}, wait_timeout=1, {FAST})
         """,
     )
@@ -329,7 +400,7 @@ def test_langgraph_run_deferred_uses_join(langgraph: Emulator) -> None:
     dr = run_dag(
         "langgraph_join",
         """
-        LaunchRunOperator(task_id="launch", conn_id="rb_langgraph", deferrable=True,
+        LaunchRunOperator(task_id="launch", runbridge_conn_id="rb_langgraph", deferrable=True,
                           run_params={"assistant_id": "agent", "input": {"sleep": 0.6}})
         """,
     )

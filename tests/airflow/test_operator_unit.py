@@ -17,6 +17,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from runbridge.airflow_provider import LaunchRunOperator
+from runbridge.airflow_provider.operators import STATE_KEY
 from runbridge.testing import Emulator, Script
 
 
@@ -47,11 +48,10 @@ def context(store: Store, try_number: int, max_tries: int) -> dict[str, Any]:
 def operator(**kwargs: Any) -> LaunchRunOperator:
     return LaunchRunOperator(
         task_id="launch",
-        conn_id="rb_rest",
+        runbridge_conn_id="rb_rest",
         run_params={"job": "etl"},
-        poll_interval=0.05,
-        retries=1,
-        **kwargs,
+        poll=0.05,
+        **{"retries": 1, **kwargs},
     )
 
 
@@ -64,7 +64,14 @@ def test_a_retry_reattaches_a_clear_launches_anew(rest: Emulator) -> None:
     cleared = operator().execute(context(store, try_number=3, max_tries=3))
     assert cleared["ref"] != first["ref"] and len(rest.launches) == 2
     keys = [r.headers.get("idempotency-key") for r in rest.requests_to("POST", "/jobs/")]
-    assert keys == ["d/launch/r1/-1", "d/launch/r1/-1#3"]
+    assert keys == ["d/launch/r1/-1", "d/launch/r1/-1#1"]
+    # the records say which generation saved them (no "starting" record: the rest platform
+    # cannot look a launch up by key, its idempotency header answers a repeated launch)
+    assert [(r["generation"], r["action"]) for r in store[STATE_KEY]] == [
+        (1, "launched"),
+        (1, "reattached"),
+        (3, "launched"),
+    ]
 
 
 def test_a_failed_run_fails_for_good_unless_relaunch(rest: Emulator) -> None:
@@ -76,7 +83,7 @@ def test_a_failed_run_fails_for_good_unless_relaunch(rest: Emulator) -> None:
         operator().execute(context(store, 2, 1))
     assert len(rest.launches) == 1
     with pytest.raises(AirflowException) as info:
-        operator(on_retry="relaunch").execute(context(store, 2, 1))
+        operator(relaunch_failed=True).execute(context(store, 2, 1))
     assert not isinstance(info.value, AirflowFailException)  # another retry could do better
     assert len(rest.launches) == 2
 
@@ -96,16 +103,89 @@ def test_on_kill_cancels_and_the_next_try_launches_anew(rest: Emulator) -> None:
     worker = threading.Thread(target=run)
     worker.start()
     deadline = time.monotonic() + 10
-    while not store.get("runbridge_run", {}).get("ref") and time.monotonic() < deadline:
+    while len(store.get(STATE_KEY, [])) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
     op.on_kill()
     worker.join(10)
     (run_id,) = rest.runs
     assert rest.cancels == [run_id]
-    assert store["runbridge_run"]["cancelled"] is True
+    assert store[STATE_KEY][-1] == {
+        "key": "d/launch/r1/-1",
+        "ref": f"rest:{run_id}",
+        "action": "cancelled",
+        "generation": 1,
+    }
     assert errors and "CANCELLED" in str(errors[0])
     result = operator().execute(context(store, 2, 1))
     assert result["state"] == "SUCCEEDED" and result["ref"]["id"] != run_id
+    keys = [r.headers.get("idempotency-key") for r in rest.requests_to("POST", "/jobs/")]
+    assert keys == ["d/launch/r1/-1", "d/launch/r1/-1#1"]
+
+
+def test_a_cancelled_record_leads_to_a_new_run(rest: Emulator) -> None:
+    """Whatever cancelled it (a kill, run_timeout, a trigger), a run recorded as cancelled by
+    runbridge is never re-attached to: the next try launches with a key never used."""
+    old = rest.add_run(Script([("running", 30.0)], final="succeeded"), job="etl")
+    store = Store(
+        {
+            STATE_KEY: [
+                {
+                    "key": "d/launch/r1/-1",
+                    "ref": f"rest:{old.id}",
+                    "action": "launched",
+                    "generation": 1,
+                },
+                {
+                    "key": "d/launch/r1/-1",
+                    "ref": f"rest:{old.id}",
+                    "action": "cancelled",
+                    "generation": 1,
+                },
+            ]
+        }
+    )
+    result = operator().execute(context(store, try_number=2, max_tries=1))
+    assert result["state"] == "SUCCEEDED" and result["ref"]["id"] != old.id
+    (launch,) = rest.requests_to("POST", "/jobs/")
+    assert launch.headers.get("idempotency-key") == "d/launch/r1/-1#1"
+
+
+def test_a_transient_first_status_on_a_retry_reattaches(rest: Emulator) -> None:
+    """Try 1 stops waiting (wait_timeout); try 2 cannot read the run at first (503s past the
+    request's retries): it re-attaches anyway, without a status, and waits it out."""
+    rest.script(Script([("running", 1.5)], final="succeeded"))
+    store = Store()
+    with pytest.raises(AirflowException, match="wait_timeout"):
+        operator(wait_timeout=0.2).execute(context(store, 1, 1))
+    rest.inject(kind="status", status=503, method="GET", times=3)  # the whole retry budget
+    ti_context = context(store, 2, 1)
+    result = operator().execute(ti_context)
+    assert result["state"] == "SUCCEEDED" and len(rest.launches) == 1
+    assert rest.faults == []
+    assert [r["action"] for r in store[STATE_KEY]] == ["launched", "reattached"]
+    # the page was not known when it re-attached: pushed once the wait ended
+    assert ti_context["ti"].xcoms["run_url"].endswith(result["ref"]["id"])
+
+
+def test_relaunch_failed_gives_the_next_key(rest: Emulator) -> None:
+    rest.script(
+        Script([], final="failed"), Script([], final="failed"), Script([], final="succeeded")
+    )
+    store = Store()
+    for try_number in (1, 2, 3):
+        try:
+            operator(relaunch_failed=True, retries=2).execute(context(store, try_number, 2))
+        except AirflowException:
+            pass
+    keys = [r.headers.get("idempotency-key") for r in rest.requests_to("POST", "/jobs/")]
+    assert keys == ["d/launch/r1/-1", "d/launch/r1/-1#1", "d/launch/r1/-1#2"]
+
+
+def test_unreadable_records_fail_clearly(rest: Emulator) -> None:
+    store = Store({STATE_KEY: {"generation": 1, "ref": "rest:x"}})
+    with pytest.raises(ValueError, match="does not hold runbridge launch records"):
+        operator().execute(context(store, 1, 1))
+    assert rest.launches == []
 
 
 def test_cancel_on_kill_false_leaves_the_run(rest: Emulator) -> None:
@@ -117,8 +197,8 @@ def test_cancel_on_kill_false_leaves_the_run(rest: Emulator) -> None:
 
 
 def test_bad_arguments_fail_at_parse_time() -> None:
-    with pytest.raises(ValueError, match="on_retry"):
-        operator(on_retry="again")
+    with pytest.raises(ValueError, match="relaunch_failed"):
+        operator(relaunch_failed="yes")
     with pytest.raises(ValueError, match="success"):
         operator(success=["RUNNING"])
     with pytest.raises(ValueError, match="wait_timeout"):

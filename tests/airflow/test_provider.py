@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from urllib.parse import quote
@@ -12,7 +13,9 @@ from urllib.parse import quote
 import pytest
 
 from runbridge.airflow_provider.get_provider_info import get_provider_info
+from runbridge.core.config import ClientConfig
 from runbridge.core.errors import ConfigError
+from runbridge.core.schedule import PollSchedule, RetryPolicy
 from runbridge.testing import Emulator
 from runbridge.testing.rest import REST_CONFIG
 
@@ -65,7 +68,15 @@ def test_the_ui_connection_form_metadata() -> None:
     assert meta.standard_fields.password.title == "Token"
     assert meta.standard_fields.port.hidden and meta.standard_fields.login.hidden
     assert meta.extra_fields is not None
-    assert set(meta.extra_fields) >= {"platform", "options", "timeout", "retry"}
+    assert set(meta.extra_fields) == {
+        "platform",
+        "options",
+        "request_timeout",
+        "retry",
+        "poll",
+        "error_window",
+        "max_body",
+    }
 
 
 def test_airflow_providers_get_shows_runbridge() -> None:
@@ -94,10 +105,10 @@ def test_importing_the_provider_imports_neither_prefect_nor_dagster() -> None:
 
 
 # -- the connection ------------------------------------------------------------------------------
-def settings(conn_id: str):  # type: ignore[no-untyped-def]
+def settings(conn_id: str) -> ClientConfig:
     from runbridge.airflow_provider import RunbridgeHook
 
-    return RunbridgeHook(conn_id).settings()
+    return RunbridgeHook(conn_id).client_config()
 
 
 def test_a_connection_from_a_uri_environment_variable(
@@ -140,8 +151,15 @@ def test_a_connection_whose_host_is_a_url_with_a_path(monkeypatch: pytest.Monkey
         ({}, "names no platform"),
         ({"platform": "rest", "optoins": {}}, "unknown extra field(s) optoins"),
         ({"platform": "langgraph", "options": "[1"}, "'options' is not valid JSON"),
-        ({"platform": "langgraph", "timeout": "soon"}, "'timeout' must be a number"),
-        ({"platform": "langgraph", "retry": {"tries": 2}}, "extra 'retry'"),
+        ({"platform": "rest", "timeout": 5}, "unknown extra field(s) timeout"),
+        ({"platform": "langgraph", "request_timeout": "soon"}, "request_timeout must be a number"),
+        ({"platform": "langgraph", "error_window": -1}, "error_window must be a non-negative"),
+        ({"platform": "langgraph", "poll": {"every": 2}}, "poll: "),
+        ({"platform": "langgraph", "retry": {"tries": 2}}, "retry: "),
+        ({"platform": "langgraph", "retry": "{"}, "'retry' is not valid JSON"),
+        ({"platform": "langgraph", "max_body": 10}, "max_body must be at least"),
+        ({"platform": "rest", "options": {"launch": 1}}, "rest provider: status is required"),
+        ({"platform": "nope"}, "nope"),
     ],
 )
 def test_a_bad_connection_says_what_is_wrong(
@@ -151,8 +169,80 @@ def test_a_bad_connection_says_what_is_wrong(
         "AIRFLOW_CONN_RB_BAD",
         json.dumps({"conn_type": "runbridge", "host": "http://x.invalid", "extra": extra}),
     )
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
         settings("rb_bad")
+    assert "connection 'rb_bad'" in str(info.value)
+
+
+def test_the_connection_builds_the_client_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every client setting of the extra reaches the ClientConfig (and so every client made
+    from it); the UI's ``extra__runbridge__`` keys are read too."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RB_FULL",
+        json.dumps(
+            {
+                "conn_type": "runbridge",
+                "host": "https://api.example.com",
+                "password": TOKEN,
+                "extra": {
+                    "platform": "langgraph",
+                    "options": {"assistant_id": "agent"},
+                    "request_timeout": 12,
+                    "retry": {"attempts": 2},
+                    "extra__runbridge__poll": {"first": 2, "cap": 8},
+                    "error_window": 45,
+                    "max_body": 65536,
+                },
+            }
+        ),
+    )
+    config = settings("rb_full")
+    assert config == ClientConfig(
+        "langgraph",
+        "https://api.example.com",
+        TOKEN,
+        options={"assistant_id": "agent"},
+        request_timeout=12,
+        retry=RetryPolicy(attempts=2),
+        poll=PollSchedule(first=2, cap=8),
+        error_window=45,
+        max_body=65536,
+    )
+    assert TOKEN not in repr(config)
+    with config.client() as client:
+        assert (client.request_timeout, client.error_window) == (12, 45)
+        assert client.retry.attempts == 2 and client.poll.cap == 8
+
+
+def test_a_connection_uri_gives_settings_as_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RB_TEXT",
+        "runbridge://:tok@api.example.com/?platform=rest&request_timeout=7&poll=3"
+        "&error_window=90&retry="
+        + quote('{"attempts": 4}')
+        + "&options="
+        + quote(json.dumps(REST_CONFIG)),
+    )
+    config = settings("rb_text")
+    assert config.request_timeout == 7 and config.error_window == 90
+    assert config.poll == PollSchedule.fixed(3) and config.retry == RetryPolicy(attempts=4)
+
+
+def test_a_bad_connection_never_shows_its_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RB_LEAK",
+        json.dumps(
+            {
+                "conn_type": "runbridge",
+                "host": "http://x.invalid",
+                "password": TOKEN,
+                "extra": {"platform": "langgraph", "request_timeout": TOKEN},
+            }
+        ),
+    )
+    with pytest.raises(ConfigError, match="request_timeout") as info:
+        settings("rb_leak")
+    assert TOKEN not in str(info.value)
 
 
 def test_test_connection(

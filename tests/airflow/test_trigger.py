@@ -1,19 +1,21 @@
 """``RunTrigger`` on its own, as the triggerer runs it: serialized kwargs, events, one shared
-client per connection and event loop, and ``on_kill``."""
+client per connection and event loop (core's ``shared_async_client``), and ``on_kill``."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
 import json
+import os
 import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from runbridge.airflow_provider.triggers import _LOOPS, RunTrigger, shared_client
+from runbridge.airflow_provider.triggers import RunTrigger, connection_config
 from runbridge.core.models import RunRef
+from runbridge.core.shared import clients_created, shared_async_client
 from runbridge.testing import Emulator, Script
 
 from .conftest import TOKEN
@@ -77,6 +79,7 @@ def test_run_timeout_cancels_and_says_so(rest: Emulator) -> None:
     event = first_event(RunTrigger("rb_rest", ref.to_dict(), poll=FAST, run_timeout=0.3))
     assert event["kind"] == "done" and event["cancelled"]
     assert event["status"]["state"] == "TIMED_OUT"
+    assert event["status"]["cancelled_by_runbridge"] is True
     assert rest.cancels == [ref.id]
 
 
@@ -92,22 +95,36 @@ def test_one_client_per_connection_and_event_loop(rest: Emulator) -> None:
         seen: set[int] = set()
 
         async def one(ref: RunRef) -> dict[str, Any]:
-            async with shared_client("rb_rest") as (client, _):
+            async with shared_async_client(await connection_config("rb_rest")) as client:
                 seen.add(id(client))
             async for event in RunTrigger("rb_rest", ref.to_dict(), poll=FAST).run():
                 return dict(event.payload)
             raise AssertionError
 
         events = await asyncio.gather(*(one(ref) for ref in refs))
-        loop_clients = _LOOPS[asyncio.get_running_loop()]
-        assert len(loop_clients.clients) == 1
         return list(events), seen
 
+    before = clients_created()
     events, first_loop = asyncio.run(main())
     assert all(e["kind"] == "done" for e in events)
-    assert len(first_loop) == 1
+    assert len(first_loop) == 1 and clients_created() == before + 1
     _, second_loop = asyncio.run(main())  # a new event loop gets a client of its own
-    assert len(second_loop) == 1 and second_loop != first_loop
+    assert len(second_loop) == 1 and clients_created() == before + 2
+
+
+def test_the_connections_error_window_bounds_the_wait(
+    rest: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trigger's wait takes the connection's error_window unless given its own."""
+    connection = json.loads(os.environ["AIRFLOW_CONN_RB_REST"])
+    connection["extra"]["error_window"] = 0.3
+    monkeypatch.setenv("AIRFLOW_CONN_RB_IMPATIENT", json.dumps(connection))
+    ref = launch(rest, Script([("running", 30.0)], final="succeeded"))
+    rest.inject(kind="status", status=503, method="GET", times=10_000)
+    started = time.monotonic()
+    event = first_event(RunTrigger("rb_impatient", ref.to_dict(), poll=FAST))
+    assert event["kind"] == "error" and event["error"] == "PlatformUnavailable"
+    assert time.monotonic() - started < 10
 
 
 class FakeComms:

@@ -36,7 +36,7 @@ with DAG(
     # killing the task, or its execution_timeout, cancels the run.
     ask = LaunchRunOperator(
         task_id="ask",
-        conn_id="runbridge_default",
+        runbridge_conn_id="runbridge_default",
         run_params={
             "assistant_id": "agent",
             # templated: rendered before the launch; "sleep" makes the emulated agent take 2 s
