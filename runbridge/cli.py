@@ -24,9 +24,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -801,12 +803,34 @@ def wait(common: Common, ref: str, wait_settings: WaitSettings) -> None:
 @click.argument("ref", metavar="REF")
 @_common_options
 def cancel(common: Common, ref: str) -> None:
-    """Ask the platform to cancel a run."""
+    """Ask the platform to cancel a run.
+
+    A run that has already ended is left as it is: the command says so (with its end state)
+    and exits 0 without asking the platform to cancel it.
+    """
     run = _parse_ref(ref)
+    ended: RunStatus | None = None
     with common.client(common.resolve_platform(run)) as client:
-        client.cancel(run)
+        before = client.get(run)
+        if before.state.is_terminal:
+            ended = before
+        else:
+            client.cancel(run)
     if common.as_json:
-        _print_json({"ref": run.to_dict(), "ref_string": run.to_string(), "cancel_requested": True})
+        data: dict[str, Any] = {
+            "ref": run.to_dict(),
+            "ref_string": run.to_string(),
+            "cancel_requested": ended is None,
+        }
+        if ended is not None:
+            data["already_ended"] = True
+            data["status"] = ended.to_dict()
+        _print_json(data)
+    elif ended is not None:
+        raw = f" ({ended.raw_state})" if ended.raw_state else ""
+        click.echo(
+            f"{run.to_string()} had already ended: {ended.state.value}{raw}; nothing to cancel"
+        )
     else:
         click.echo(f"cancel requested for {run.to_string()}")
 
@@ -822,8 +846,7 @@ def platforms(as_json: bool) -> None:
         except ConfigError as exc:
             rows.append({"name": name, "loads": False, "description": str(exc)})
             continue
-        doc = (cls.__doc__ or "").strip().splitlines()
-        rows.append({"name": name, "loads": True, "description": doc[0] if doc else ""})
+        rows.append({"name": name, "loads": True, "description": _first_sentence(cls.__doc__)})
     if as_json:
         _print_json(rows)
         return
@@ -839,6 +862,13 @@ def platforms(as_json: bool) -> None:
             description = Text(f"not loadable: {row['description']}", style="dim")
         table.add_row(str(row["name"]), description)
     _console().print(table)
+
+
+def _first_sentence(doc: str | None) -> str:
+    """The first sentence of a docstring's first paragraph (whole, never cut mid-sentence)."""
+    paragraph = " ".join(inspect.cleandoc(doc or "").split("\n\n", 1)[0].split())
+    match = re.search(r"[.!?](?=\s+[A-Z`*])", paragraph)
+    return paragraph[: match.end()] if match else paragraph
 
 
 def _require_testing() -> None:

@@ -182,6 +182,20 @@ def test_cancel(emu: Emulator, config_file: Path) -> None:
     assert status["state"] == "CANCELLED"
 
 
+def test_cancel_a_run_that_already_ended(emu: Emulator, config_file: Path) -> None:
+    env = rest_env(emu, config_file)
+    ref = launch(emu, config_file, QUICK, "--wait").stdout.splitlines()[0].strip()
+    result = invoke(["cancel", ref], env)
+    assert result.exit_code == 0, result.output
+    assert "had already ended: SUCCEEDED" in result.output
+    assert "cancel requested" not in result.output
+    assert ref.split(":", 1)[1] not in emu.cancels  # nothing was sent
+    data = json.loads(invoke(["cancel", ref, "--json"], env).stdout)
+    assert data["cancel_requested"] is False and data["already_ended"] is True
+    assert data["status"]["state"] == "SUCCEEDED"
+    assert not emu.cancels
+
+
 def test_a_scoped_ref_round_trips() -> None:
     """A langgraph REF carries its thread in its scope (``?thread_id=``); the CLI reads it back."""
     pytest.importorskip("runbridge.testing.langgraph")
@@ -316,6 +330,11 @@ def test_platforms() -> None:
     rows = json.loads(invoke(["platforms", "--json"]).stdout)
     rest = next(row for row in rows if row["name"] == "rest")
     assert rest["loads"] is True
+    for row in rows:  # a whole sentence each, never cut where the docstring's line ended
+        assert row["description"].endswith((".", ")")), row
+    described = {row["name"]: row["description"] for row in rows}
+    assert described["rest"].endswith("(see the module docs).")
+    assert described["langgraph"] == "LangGraph Agent Server."
 
 
 def test_demo_runs_to_completion() -> None:
