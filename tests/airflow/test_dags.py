@@ -194,6 +194,23 @@ def test_sensor_accepts_a_success_policy(rest: Emulator) -> None:
     assert xcom(dr, "sense")["state"] == "CANCELLED"
 
 
+def test_sensor_pokes_through_transient_errors(rest: Emulator) -> None:
+    """A poke that cannot read the run (503s past the request's retries, core's one retry
+    classification) checks again at the next poke instead of failing the sensor."""
+    run = rest.add_run(Script([("running", 0.5)], final="succeeded"), job="elsewhere")
+    rest.inject(kind="status", status=503, method="GET", times=7)
+    dr = run_dag(
+        "sensor_transient",
+        f"""
+        RunSensor(task_id="sense", runbridge_conn_id="rb_rest", run={run.id!r},
+                  poke_interval=0.1, timeout=30)
+        """,
+    )
+    ti = ti_of(dr, "sense")
+    assert ti.state == "success" and ti.try_number == 1
+    assert rest.faults == []
+
+
 def test_retry_after_a_crash_reattaches(rest: Emulator) -> None:
     """Try 1 launches and dies while waiting; try 2 follows the same run (one launch)."""
     rest.script(Script([("running", 1.0)], final="succeeded"))
