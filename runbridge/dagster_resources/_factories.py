@@ -31,8 +31,9 @@ class ExternalRunConfig(dg.Config):
     key: str | None = Field(
         default=None,
         description=(
-            "Idempotency key for the launch. Default: derived from the Dagster run lineage's "
-            "root run id and the step key, so retries and re-executions re-attach."
+            "The step's launch key (its identity on the platform; a new launch after a "
+            "cancelled or replaced run adds #1, #2...). Default: derived from the Dagster run "
+            "lineage's root run id and the step key, so retries and re-executions re-attach."
         ),
     )
     wait_timeout: float | None = Field(
@@ -44,7 +45,10 @@ class ExternalRunConfig(dg.Config):
     )
     run_timeout: float | None = Field(
         default=None,
-        description="Cancel the external run once it is this many seconds old (fails the step).",
+        description=(
+            "Cancel the external run once it is this many seconds old (fails the step; a "
+            "retry launches a new run)."
+        ),
     )
     success: list[str] = Field(
         default=["SUCCEEDED"],
@@ -57,9 +61,12 @@ class ExternalRunConfig(dg.Config):
             "without success. Default: the run is taken as it ended."
         ),
     )
-    cancel_on_termination: bool = Field(
+    cancel_on_kill: bool = Field(
         default=True,
-        description="Cancel the external run when the Dagster run is terminated while it waits.",
+        description=(
+            "Cancel the external run when the Dagster run is terminated while the step waits "
+            "(a re-execution then launches a new run). False leaves it going."
+        ),
     )
 
 
@@ -70,7 +77,7 @@ def _config_class(
     wait_timeout: float | None,
     run_timeout: float | None,
     relaunch_failed: bool,
-    cancel_on_termination: bool,
+    cancel_on_kill: bool,
 ) -> type[ExternalRunConfig]:
     """``ExternalRunConfig`` with this step's defaults, so the launchpad shows them."""
     states = sorted(s.value for s in parse_states(success))
@@ -79,7 +86,7 @@ def _config_class(
         ("wait_timeout", wait_timeout),
         ("run_timeout", run_timeout),
         ("relaunch_failed", relaunch_failed),
-        ("cancel_on_termination", cancel_on_termination),
+        ("cancel_on_kill", cancel_on_kill),
     ):
         info = ExternalRunConfig.model_fields[field]
         fields[field] = (info.annotation, Field(default=value, description=info.description))
@@ -117,7 +124,7 @@ def _run(
         run_timeout=config.run_timeout,
         success=config.success,
         relaunch_failed=config.relaunch_failed,
-        cancel_on_termination=config.cancel_on_termination,
+        cancel_on_kill=config.cancel_on_kill,
     )
     return result
 
@@ -131,7 +138,7 @@ def external_run_op(
     wait_timeout: float | None = None,
     run_timeout: float | None = None,
     relaunch_failed: bool = False,
-    cancel_on_termination: bool = True,
+    cancel_on_kill: bool = True,
     after: Sequence[str] = (),
     **op_kwargs: Any,
 ) -> dg.OpDefinition:
@@ -151,7 +158,7 @@ def external_run_op(
         wait_timeout=wait_timeout,
         run_timeout=run_timeout,
         relaunch_failed=relaunch_failed,
-        cancel_on_termination=cancel_on_termination,
+        cancel_on_kill=cancel_on_kill,
     )
 
     def compute(context: dg.OpExecutionContext, config: ExternalRunConfig) -> dg.Output[RunStatus]:
@@ -184,7 +191,7 @@ def external_run_asset(
     wait_timeout: float | None = None,
     run_timeout: float | None = None,
     relaunch_failed: bool = False,
-    cancel_on_termination: bool = True,
+    cancel_on_kill: bool = True,
     **asset_kwargs: Any,
 ) -> dg.AssetsDefinition:
     """An asset materialized by a run on the platform of ``resource_key``'s
@@ -204,7 +211,7 @@ def external_run_asset(
         wait_timeout=wait_timeout,
         run_timeout=run_timeout,
         relaunch_failed=relaunch_failed,
-        cancel_on_termination=cancel_on_termination,
+        cancel_on_kill=cancel_on_kill,
     )
 
     def compute(

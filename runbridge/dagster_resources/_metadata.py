@@ -1,7 +1,8 @@
 """A run's status as Dagster metadata: typed values, generically, with no platform knowledge.
 
 Fixed keys describe the run (``run_url`` as a URL, ``run_ref``, ``platform``, ``state``,
-``raw_state``, ``message``, ``duration_seconds``, ``created_at``, ``ended_at``); the platform's
+``raw_state``, ``message``, ``cancelled_by_runbridge`` (when runbridge cancelled it for
+``run_timeout``), ``duration_seconds``, ``created_at``, ``ended_at``); the platform's
 outputs (a W&B run summary, Lume row counts, a LangGraph thread's values) follow under
 ``output/<name>``, each typed by its value: numbers as int or float (so Dagster plots them
 across materializations), booleans, strings (URLs as URLs), lists as JSON. Nested mappings are
@@ -88,6 +89,8 @@ def status_metadata(
     metadata["raw_state"] = dg.MetadataValue.text(status.raw_state)
     if status.message:
         metadata["message"] = _clip(status.message)
+    if status.cancelled_by_runbridge:
+        metadata["cancelled_by_runbridge"] = dg.MetadataValue.bool(True)
     duration = None
     if status.created_at is not None and status.ended_at is not None:
         duration = (status.ended_at - status.created_at).total_seconds()

@@ -34,11 +34,13 @@ import dagster as dg
 from ..core import (
     ConfigError,
     RunbridgeError,
+    RunClient,
     RunNotFound,
     RunRef,
     RunState,
     RunStatus,
     parse_states,
+    retryable,
 )
 from ..core.models import parse_time
 
@@ -226,7 +228,7 @@ def _request(
 
 
 def _given(
-    context: dg.SensorEvaluationContext, client: Any, refs: Refs, cursor: SensorCursor
+    context: dg.SensorEvaluationContext, client: RunClient, refs: Refs, cursor: SensorCursor
 ) -> tuple[list[RunStatus], set[str]]:
     """Statuses of the given runs not delivered yet; the keys still given."""
     given = list(refs(context) if callable(refs) else refs)
@@ -242,7 +244,8 @@ def _given(
         try:
             status = client.get(ref)
         except RunbridgeError as exc:
-            context.log.warning(f"Checking run {ref} failed: {exc}")
+            # the reference is the user's text: redacted like everything runbridge logs
+            context.log.warning(client.redact(f"Checking run {ref} failed: {_again(exc)}"))
             continue
         keep.add(status.ref.to_string())
         statuses.append(status)
@@ -251,7 +254,7 @@ def _given(
 
 def _listed(
     context: dg.SensorEvaluationContext,
-    client: Any,
+    client: RunClient,
     filters: Mapping[str, Any] | None,
     limit: int,
     widest: int,
@@ -293,5 +296,12 @@ def _listed(
             context.log.warning(f"Run {key} disappeared before it was seen ending; forgetting it")
             gone.add(key)
         except RunbridgeError as exc:
-            context.log.warning(f"Checking run {key} failed: {exc}; trying again next time")
+            context.log.warning(f"Checking run {key} failed: {_again(exc)}")
     return statuses, keep, gone, newest.isoformat() if newest else None
+
+
+def _again(exc: RunbridgeError) -> str:
+    """The error, and whether the next evaluation is likely to do better."""
+    if retryable(exc):
+        return f"{exc}; trying again next evaluation"
+    return f"{exc}; checked again next evaluation (this error is not transient: check the run)"

@@ -1,33 +1,35 @@
-"""One step's external run: launch or re-attach, wait, log, cancel on termination, report.
+"""One step's external run: start (launch or re-attach), wait, log, cancel on termination, report.
 
 Re-attach
 ---------
-A step launches with an idempotency key derived from its identity in Dagster, and records the
-run it launched as an engine event in the Dagster run's event log. A later attempt of the same
-step looks for that record before launching:
+The decision is core's (``RunClient.start``, core/planner.py), the same for Airflow, Prefect
+and Dagster. This module keeps only the step's *record store*, which is Dagster's event log:
 
-* **Retries within a run** (a ``RetryPolicy``, ``RetryRequested``) share the run id and step
-  key, so they find the record in the current run.
-* **Re-executions** (from failure, or of selected steps) are new Dagster runs with a new run
-  id. Keying on ``run_id/step_key`` would launch a duplicate there, so the key uses the
-  lineage's *root* run id, and the record is looked up in the current run, then its parent,
-  and so on to the root.
-* The record makes re-attach work on every platform, including those that cannot look a run
-  up by key; the key covers the gap the record cannot: a crash between the platform accepting
-  the launch and the record being written.
+* **Records** are engine events of the step (metadata ``runbridge/key``, ``runbridge/ref``,
+  ``runbridge/action``), one per core ``LaunchRecord``: ``starting`` (written before a launch
+  where the platform can look a run up by key, so a crash right after the launch re-attaches),
+  ``launched``, ``reattached``, and ``cancelled`` (written by the step after it cancelled the
+  run because the Dagster run was terminated, or by ``run_timeout``).
+* **History**: retries within a run (a ``RetryPolicy``, ``RetryRequested``) share the run id
+  and step key, so they find the records in the current run. Re-executions (from failure, or
+  of selected steps) are new Dagster runs, so the records are read from the current run, then
+  its parent, and so on to the root: one core ``Execution`` per Dagster run, newest first. An
+  ancestor run where the step *succeeded* is ``reusable=False``: re-executing a step that
+  succeeded is a deliberate re-run, which launches a new run.
+* **Key**: ``dagster:<root run id>:<step key>``, shared by a run and all its re-executions
+  (``<run id>`` would launch a duplicate on re-execution); core derives ``#1``, ``#2``... for
+  new launches.
 
-When a step re-executes after it *succeeded* in the parent run (a deliberate re-run), or after
-runbridge cancelled the run because the Dagster run was terminated, it launches a new run with
-a new key (``<key>#1``, ``#2``...). A run that already ended on its own is taken as it ended
-(its success or failure decides the step) unless ``relaunch_failed`` asks for a new run when
-it did not succeed.
+A run that already ended on its own is taken as it ended (its success or failure decides the
+step) unless ``relaunch_failed`` asks for a new run when it did not succeed.
 
 Termination
 -----------
 Terminating a Dagster run interrupts the step (``DagsterExecutionInterruptedError``, or
 ``KeyboardInterrupt`` outside Dagster's interrupt handling). The step then cancels the
-external run, unless it is already terminal or ``cancel_on_termination`` is off. A wait
-timeout never cancels: it fails the step and leaves the run going, so a retry re-attaches.
+external run, unless it is already terminal or ``cancel_on_kill`` is off, and records
+``cancelled``, so a re-execution launches a new run. A wait timeout never cancels: it fails
+the step and leaves the run going, so a retry re-attaches.
 """
 
 from __future__ import annotations
@@ -42,30 +44,33 @@ from dagster._core.events import EngineEventData  # the one private name used
 
 from ..core import (
     DEFAULT_SUCCESS,
+    ConfigError,
+    Execution,
+    LaunchRecord,
     NotSupported,
     RunbridgeError,
     RunClient,
-    RunNotFound,
     RunRef,
     RunState,
     RunStatus,
     WaitTimeout,
     parse_states,
 )
+from ..core.config import seconds
 from ..core.flows import Event
+from ..core.planner import CANCELLED, LAUNCHED, REATTACHED, STARTING
 from ._metadata import status_metadata
 
 if TYPE_CHECKING:
     from ._resource import ExternalRunResource
 
-__all__ = ["ExternalRunResult", "LaunchRecord", "Plan", "plan_launch", "run_step"]
+__all__ = ["ExternalRunResult", "read_record", "run_step", "step_execution"]
 
 RECORD_REF = "runbridge/ref"
 RECORD_KEY = "runbridge/key"
 RECORD_ACTION = "runbridge/action"
-LAUNCHED, REATTACHED, CANCELLED = "launched", "reattached", "cancelled"
 MAX_LINEAGE = 100
-"""How many ancestors of a re-execution are searched for a recorded run."""
+"""How many Dagster runs of a re-execution lineage are read for records."""
 
 Context = dg.OpExecutionContext | dg.AssetExecutionContext
 
@@ -89,73 +94,47 @@ class ExternalRunResult:
         return dg.Output(self.status, output_name=output_name, metadata=self.metadata)
 
 
-# -- the plan: re-attach or launch, decided from recorded history (pure) ---------------------
-@dataclasses.dataclass(frozen=True)
-class LaunchRecord:
-    """One recorded action on an external run by this step, in one Dagster run."""
-
-    run_id: str
-    ref: RunRef
-    key: str | None
-    action: str = LAUNCHED
-
-
-@dataclasses.dataclass(frozen=True)
-class RunHistory:
-    """What this step did in one Dagster run of the lineage."""
-
-    run_id: str
-    records: Sequence[LaunchRecord]
-    step_succeeded: bool
+# -- the record store: Dagster's event log ---------------------------------------------------
+def step_execution(
+    run_id: str, records: Sequence[LaunchRecord], *, step_succeeded: bool
+) -> Execution:
+    """One Dagster run of the lineage as a core ``Execution``: its records, and not reusable
+    when the step succeeded there (a re-execution of a step that succeeded is a deliberate
+    re-run)."""
+    return Execution(tuple(records), reusable=not step_succeeded, label=f"Dagster run {run_id}")
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    reattach: RunRef | None
-    """The run to re-attach to, or None to launch with ``key``."""
-    key: str
-    why: str
+def read_record(metadata: Mapping[str, Any]) -> LaunchRecord | None:
+    """The launch record an engine event's metadata holds; None when it holds none.
+
+    Raises ``ConfigError`` for a runbridge record that cannot be read."""
+    values = {
+        name: str(getattr(value, "value", value))
+        for name, value in metadata.items()
+        if name in (RECORD_KEY, RECORD_REF, RECORD_ACTION) and value is not None
+    }
+    if RECORD_KEY not in values:
+        return None
+    return LaunchRecord.from_dict(
+        {
+            "key": values[RECORD_KEY],
+            "ref": values.get(RECORD_REF),
+            "action": values.get(RECORD_ACTION, LAUNCHED),
+        }
+    )
 
 
-def next_key(base_key: str, history: Sequence[RunHistory]) -> str:
-    """The key for a new launch: the base key first, then ``base#1``, ``base#2``..."""
-    used = {r.key for h in history for r in h.records if r.key}
-    if base_key not in used:
-        return base_key
-    n = len(used)
-    while f"{base_key}#{n}" in used:
-        n += 1
-    return f"{base_key}#{n}"
+def record_metadata(record: LaunchRecord) -> dict[str, dg.MetadataValue]:
+    """The engine event metadata that stores ``record``."""
+    metadata: dict[str, dg.MetadataValue] = {
+        RECORD_KEY: dg.MetadataValue.text(record.key),
+        RECORD_ACTION: dg.MetadataValue.text(record.action),
+    }
+    if record.ref is not None:
+        metadata[RECORD_REF] = dg.MetadataValue.text(record.ref.to_string())
+    return metadata
 
 
-def plan_launch(history: Sequence[RunHistory], base_key: str) -> Plan:
-    """Re-attach or launch, from the step's history: the current run first, then its parent,
-    up to the root."""
-    for index, run in enumerate(history):
-        current = index == 0
-        if run.records:
-            last = run.records[-1]
-            if not current and run.step_succeeded:
-                return Plan(
-                    None,
-                    next_key(base_key, history),
-                    f"the step succeeded in run {run.run_id}; this re-execution launches a new run",
-                )
-            if last.action == CANCELLED:
-                return Plan(
-                    None,
-                    next_key(base_key, history),
-                    f"run {last.ref} was cancelled "
-                    "when its Dagster run was terminated; launching a new run",
-                )
-            where = "an earlier attempt" if current else f"Dagster run {run.run_id}"
-            return Plan(last.ref, last.key or base_key, f"launched by {where}")
-        if not current and run.step_succeeded:
-            return Plan(None, next_key(base_key, history), "a new execution of the step")
-    return Plan(None, next_key(base_key, history), "first launch")
-
-
-# -- reading and writing the record in Dagster's event log -----------------------------------
 def _op_context(context: Context) -> dg.OpExecutionContext:
     if isinstance(context, dg.AssetExecutionContext):
         return context.op_execution_context
@@ -166,9 +145,10 @@ def _step_key(context: dg.OpExecutionContext) -> str:
     return str(context.get_step_execution_context().step.key)
 
 
-def _history(context: dg.OpExecutionContext, step_key: str) -> list[RunHistory]:
+def _history(context: dg.OpExecutionContext, step_key: str) -> list[Execution]:
+    """The step's records in the current Dagster run, then its parent, ... up to the root."""
     instance = context.instance
-    history: list[RunHistory] = []
+    history: list[Execution] = []
     run: dg.DagsterRun | None = context.run
     while run is not None and len(history) < MAX_LINEAGE:
         records: list[LaunchRecord] = []
@@ -184,55 +164,69 @@ def _history(context: dg.OpExecutionContext, step_key: str) -> list[RunHistory]:
             if event.event_type == dg.DagsterEventType.STEP_SUCCESS:
                 succeeded = True
                 continue
-            record = _read_record(run.run_id, event.engine_event_data.metadata)
+            try:
+                record = read_record(event.engine_event_data.metadata)
+            except ConfigError as exc:
+                context.log.warning(f"Ignoring an unreadable runbridge record: {exc}")
+                continue
             if record is not None:
                 records.append(record)
-        history.append(RunHistory(run.run_id, records, succeeded))
+        history.append(step_execution(run.run_id, records, step_succeeded=succeeded))
         parent = run.parent_run_id
         run = instance.get_run_by_id(parent) if parent else None
     return history
 
 
-def _read_record(run_id: str, metadata: Mapping[str, Any]) -> LaunchRecord | None:
-    value = metadata.get(RECORD_REF)
-    if value is None:
-        return None
-    try:
-        ref = RunRef.parse(str(value.value))
-    except RunbridgeError:
-        return None
-    key = metadata.get(RECORD_KEY)
-    action = metadata.get(RECORD_ACTION)
-    return LaunchRecord(
-        run_id,
-        ref,
-        str(key.value) if key is not None else None,
-        str(action.value) if action is not None else LAUNCHED,
-    )
+_MESSAGES = {
+    STARTING: "Launching a run with key {key}",
+    LAUNCHED: "Launched {ref}",
+    REATTACHED: "Re-attached to {ref}",
+    CANCELLED: "Cancelled {ref}",
+}
 
 
-def _record(
-    context: dg.OpExecutionContext, message: str, ref: RunRef, key: str | None, action: str
-) -> None:
-    metadata: dict[str, dg.MetadataValue] = {
-        RECORD_REF: dg.MetadataValue.text(ref.to_string()),
-        RECORD_ACTION: dg.MetadataValue.text(action),
-    }
-    if key:
-        metadata[RECORD_KEY] = dg.MetadataValue.text(key)
-    step_context = context.get_step_execution_context()
-    dg.DagsterEvent.engine_event(step_context, message, EngineEventData(metadata=metadata))
+class _EventLogStore:
+    """Core's ``save``: each record becomes an engine event of the step. Remembers the run the
+    step is following (for the termination handler)."""
+
+    def __init__(self, context: dg.OpExecutionContext, client: RunClient) -> None:
+        self.context = context
+        self.client = client
+        self.ref: RunRef | None = None
+        self.key: str | None = None
+
+    def save(self, record: LaunchRecord, message: str | None = None) -> None:
+        if record.ref is not None and record.action != CANCELLED:
+            self.ref, self.key = record.ref, record.key
+        text = message or _MESSAGES[record.action].format(key=repr(record.key), ref=record.ref)
+        # the key may come from the user (config), so the stored text is redacted
+        redacted = LaunchRecord(self.client.redact(record.key), record.ref, record.action)
+        dg.DagsterEvent.engine_event(
+            self.context.get_step_execution_context(),
+            self.client.redact(text),
+            EngineEventData(metadata=record_metadata(redacted)),
+        )
 
 
 # -- logging through the context -----------------------------------------------------------
 class _StepLog:
-    """A runbridge event hook that writes to Dagster's context logger and remembers the last
-    status seen (to know, when interrupted, whether the run is still going)."""
+    """A runbridge event hook that writes to Dagster's context logger (redacted) and remembers
+    the last status seen (to know, when interrupted, whether the run is still going)."""
 
-    def __init__(self, context: dg.OpExecutionContext) -> None:
+    def __init__(self, context: dg.OpExecutionContext, client: RunClient) -> None:
         self.log = context.log
+        self.redact = client.redact
         self.last: RunStatus | None = None
         self._logged_raw: str | None = None
+
+    def info(self, text: str) -> None:
+        self.log.info(self.redact(text))
+
+    def warning(self, text: str) -> None:
+        self.log.warning(self.redact(text))
+
+    def error(self, text: str) -> None:
+        self.log.error(self.redact(text))
 
     def __call__(self, event: Event) -> None:
         if event.status is not None and event.kind in ("status", "state_changed"):
@@ -240,19 +234,23 @@ class _StepLog:
         if event.kind == "state_changed" and event.status is not None:
             self.status(event.status)
         elif event.kind in ("retry", "transient_error"):
-            self.log.warning(f"{event.platform}: {event.error}; trying again")
+            self.warning(f"{event.platform}: {event.error}; trying again")
         elif event.kind == "unknown_state" and event.status is not None:
-            self.log.warning(
+            self.warning(
                 f"{event.platform} reported state {event.status.raw_state!r}, which runbridge "
                 "does not know; treating it as still running"
             )
+        elif event.kind == "run_timeout":
+            self.warning(f"{event.ref} {event.message}; cancelling it")
+        elif event.kind == "cancel_failed":
+            self.warning(f"Cancelling {event.ref} failed: {event.error}")
 
     def status(self, status: RunStatus) -> None:
         self.last = status
         # the terminal state is logged once, in the step's final summary
         if status.raw_state != self._logged_raw and not status.is_terminal:
             self._logged_raw = status.raw_state
-            self.log.info(f"{status.ref}: {status.state.value} ({status.raw_state})")
+            self.info(f"{status.ref}: {status.state.value} ({status.raw_state})")
 
 
 # -- the step ----------------------------------------------------------------------------------
@@ -271,58 +269,84 @@ def run_step(
     run_timeout: float | None = None,
     success: Sequence[RunState | str] | None = None,
     relaunch_failed: bool = False,
-    cancel_on_termination: bool = True,
+    cancel_on_kill: bool = True,
 ) -> ExternalRunResult:
-    """Launch (or re-attach to) the step's external run, wait for it, and report it."""
+    """Start (launch or re-attach to) the step's external run, wait for it, and report it."""
     op_context = _op_context(context)
     success_states = parse_states(success) if success else DEFAULT_SUCCESS
+    # checked before anything is launched
+    wait_timeout = seconds(wait_timeout, "wait_timeout")
+    run_timeout = seconds(run_timeout, "run_timeout")
     step_key = _step_key(op_context)
-    history = _history(op_context, step_key)
-    base_key = key or _base_key(op_context, step_key)
-    plan = plan_launch(history, base_key)
-    log = _StepLog(op_context)
     started = time.monotonic()
-    with resource.get_client(hooks=[log]) as client:
-        guard = _CancelOnInterrupt(op_context, client, log, cancel_on_termination)
-        with guard:
-            status, reattached = _attach_or_launch(
-                op_context,
-                client,
-                log,
-                guard,
-                params,
-                plan,
-                base_key,
-                history,
-                success_states,
-                relaunch_failed,
+    with resource.get_client() as client:
+        if run_timeout is not None and not client.provider.supports_cancel:
+            raise NotSupported(
+                f"run_timeout needs cancel, and {client.platform} runs cannot be cancelled "
+                "over its API"
             )
-            if not status.is_terminal:
-                status = _wait(client, log, status, wait_timeout, run_timeout, started)
+        log = _StepLog(op_context, client)
+        store = _EventLogStore(op_context, client)
+        history = _history(op_context, step_key)
+        with _CancelOnInterrupt(op_context, client, log, store, cancel_on_kill):
+            start = client.start(
+                params,
+                key=key or _base_key(op_context, step_key),
+                history=history,
+                save=store.save,
+                relaunch_failed=relaunch_failed,
+                success=success_states,
+                on_event=log,
+            )
+            status = start.status
+            if start.reattached:
+                ended = (
+                    "; it had already ended and is taken as it ended"
+                    if status is not None and status.is_terminal
+                    else ""
+                )
+                log.info(f"Re-attached to {start.ref} ({start.why}){ended}")
+            else:
+                where = f": {status.url}" if status is not None and status.url else ""
+                log.info(f"Launched {start.ref}{where}")
+            if status is not None:
+                log.status(status)
+            if status is None or not status.is_terminal:
+                status = _wait(client, log, start.ref, status, wait_timeout, run_timeout, started)
+        if status.cancelled_by_runbridge:  # run_timeout: a retry or re-execution launches anew
+            store.save(
+                LaunchRecord(start.key, status.ref, CANCELLED),
+                f"Cancelled {status.ref} (run_timeout)",
+            )
         return _finish(
             op_context,
             client,
+            log,
             status,
             success_states,
             relaunch_failed,
-            reattached,
+            start.reattached,
             time.monotonic() - started,
         )
 
 
 class _CancelOnInterrupt:
     """Cancels the step's run when the step is interrupted (the Dagster run terminated) while
-    the run is still going. Not on a wait timeout or any other error."""
+    the run is still going, and records that. Not on a wait timeout or any other error."""
 
     def __init__(
-        self, context: dg.OpExecutionContext, client: RunClient, log: _StepLog, enabled: bool
+        self,
+        context: dg.OpExecutionContext,
+        client: RunClient,
+        log: _StepLog,
+        store: _EventLogStore,
+        enabled: bool,
     ) -> None:
         self.context = context
         self.client = client
         self.log = log
+        self.store = store
         self.enabled = enabled
-        self.ref: RunRef | None = None
-        self.key: str | None = None
 
     def __enter__(self) -> _CancelOnInterrupt:
         return self
@@ -332,21 +356,21 @@ class _CancelOnInterrupt:
             exc_type, (dg.DagsterExecutionInterruptedError, KeyboardInterrupt)
         ):
             return
-        ref, last = self.ref, self.log.last
-        if ref is None:
+        ref, key, last = self.store.ref, self.store.key, self.log.last
+        if ref is None or key is None:
             return  # interrupted before a run existed
         if not self.enabled:
-            self.context.log.info(f"Interrupted; leaving {ref} going (cancel_on_termination=False)")
+            self.log.info(f"Interrupted; leaving {ref} going (cancel_on_kill=False)")
         elif last is not None and last.is_terminal:  # (a queued ref may have become a run's)
-            self.context.log.info(f"Interrupted; {ref} had already ended {last.state.value}")
+            self.log.info(f"Interrupted; {ref} had already ended {last.state.value}")
         else:
-            self._cancel(ref)
+            self._cancel(ref, key)
 
-    def _cancel(self, ref: RunRef) -> None:
-        log = self.context.log
+    def _cancel(self, ref: RunRef, key: str) -> None:
+        log = self.log
         log.warning(f"The Dagster run was terminated; cancelling {ref}")
         try:
-            self.client.cancel(ref)
+            self.client.cancel(ref, on_event=log)
         except NotSupported:
             log.warning(f"{ref.platform} runs cannot be cancelled over its API; {ref} goes on")
             return
@@ -354,77 +378,33 @@ class _CancelOnInterrupt:
             log.warning(f"Cancelling {ref} failed: {exc}")
             return
         try:
-            _record(
-                self.context, f"Cancelled {ref} (Dagster run terminated)", ref, self.key, CANCELLED
+            self.store.save(
+                LaunchRecord(key, ref, CANCELLED), f"Cancelled {ref} (Dagster run terminated)"
             )
         except Exception as exc:  # the run is ending: recording is best effort
             log.warning(f"Could not record the cancellation of {ref}: {exc}")
 
 
-def _attach_or_launch(
-    context: dg.OpExecutionContext,
-    client: RunClient,
-    log: _StepLog,
-    guard: _CancelOnInterrupt,
-    params: Mapping[str, Any],
-    plan: Plan,
-    base_key: str,
-    history: Sequence[RunHistory],
-    success: frozenset[RunState],
-    relaunch_failed: bool,
-) -> tuple[RunStatus, bool]:
-    """(first status, re-attached?) of the run this step waits for."""
-    key = plan.key
-    if plan.reattach is not None:
-        ref = plan.reattach
-        try:
-            status = client.get(ref)
-        except RunNotFound:
-            context.log.warning(f"{ref} ({plan.why}) no longer exists; launching a new run")
-            key = next_key(base_key, history)
-        else:
-            if status.is_terminal and relaunch_failed and not status.succeeded(success):
-                context.log.info(
-                    f"{ref} ({plan.why}) ended {status.state.value}; launching a new run "
-                    "(relaunch_failed)"
-                )
-                key = next_key(base_key, history)
-            else:
-                guard.ref, guard.key = ref, key
-                ended = (
-                    "; it had already ended and is taken as it ended" if status.is_terminal else ""
-                )
-                context.log.info(f"Re-attached to {ref}, {plan.why}{ended}")
-                _record(context, f"Re-attached to {ref}", ref, key, REATTACHED)
-                log.status(status)
-                return status, True
-    ref = client.launch(params, key=key)
-    guard.ref, guard.key = ref, key
-    _record(context, f"Launched {ref}", ref, key, LAUNCHED)
-    status = client.get(ref)
-    where = f": {status.url}" if status.url else ""
-    context.log.info(f"Launched {ref}{where}")
-    log.status(status)
-    return status, False
-
-
 def _wait(
     client: RunClient,
     log: _StepLog,
-    status: RunStatus,
+    ref: RunRef,
+    first: RunStatus | None,
     wait_timeout: float | None,
     run_timeout: float | None,
     started: float,
 ) -> RunStatus:
     try:
-        return client.wait(status.ref, wait_timeout, run_timeout=run_timeout)
+        return client.wait(ref, wait_timeout, run_timeout=run_timeout, on_event=log)
     except WaitTimeout as exc:
-        last = exc.last_status or log.last or status
+        last = exc.last_status or log.last or first
         raise dg.Failure(
             description=client.redact(
                 f"{exc} (a retry or re-execution of this step re-attaches to it)"
             ),
-            metadata=status_metadata(last, observed_seconds=time.monotonic() - started),
+            metadata=status_metadata(last, observed_seconds=time.monotonic() - started)
+            if last is not None
+            else {"run_ref": dg.MetadataValue.text(ref.to_string())},
             allow_retries=True,
         ) from None
 
@@ -432,6 +412,7 @@ def _wait(
 def _finish(
     context: dg.OpExecutionContext,
     client: RunClient,
+    log: _StepLog,
     status: RunStatus,
     success: frozenset[RunState],
     relaunch_failed: bool,
@@ -439,9 +420,6 @@ def _finish(
     observed: float,
 ) -> ExternalRunResult:
     metadata = status_metadata(status, observed_seconds=observed)
-    message = metadata.get("message")
-    if message is not None:
-        metadata["message"] = dg.MetadataValue.text(client.redact(str(message.value)))
     duration = metadata.get("duration_seconds")
     took = f" after {duration.value:g}s" if duration is not None else ""
     detail = f": {status.message}" if status.message else ""
@@ -451,19 +429,20 @@ def _finish(
         f"({status.raw_state}){took}{detail}{page}"
     )
     if not status.succeeded(success):
-        context.log.error(summary)
+        log.error(summary)
         allowed = ", ".join(sorted(s.value for s in success))
         hint = (
             "; this run was launched by an earlier attempt and is taken as it ended "
             "(set relaunch_failed to launch a new one)"
-            if reattached and not relaunch_failed
+            if reattached and not relaunch_failed and not status.cancelled_by_runbridge
             else ""
         )
         raise dg.Failure(
             description=f"{summary}; success is {allowed}{hint}",
             metadata=metadata,
-            # A retry would re-attach to this same ended run: only worth it when it relaunches.
-            allow_retries=relaunch_failed,
+            # A retry would re-attach to this same ended run: only worth it when it launches
+            # a new one (relaunch_failed, or a run runbridge cancelled for run_timeout).
+            allow_retries=relaunch_failed or status.cancelled_by_runbridge,
         )
-    context.log.info(summary)
+    log.info(summary)
     return ExternalRunResult(status, metadata, reattached)

@@ -1,4 +1,5 @@
-"""The pure parts: the re-attach plan, typed metadata, the sensor cursor. No Dagster run."""
+"""The pure parts: the step's records and lineage as core's planner reads them, typed
+metadata, the sensor cursor. No Dagster run."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 import dagster as dg
 import pytest
 
-from runbridge.core import ConfigError, RunRef, RunState, RunStatus
+from runbridge.core import ConfigError, LaunchRecord, RunRef, RunState, RunStatus
+from runbridge.core.planner import CANCELLED, REATTACHED, STARTING, plan_launch
 from runbridge.dagster_resources import (
     SensorCursor,
     external_run_asset,
@@ -16,26 +18,23 @@ from runbridge.dagster_resources import (
     metadata_value,
     status_metadata,
 )
-from runbridge.dagster_resources._step import (
-    CANCELLED,
-    REATTACHED,
-    LaunchRecord,
-    RunHistory,
-    next_key,
-    plan_launch,
-)
+from runbridge.dagster_resources._step import read_record, record_metadata, step_execution
 
 BASE = "dagster:root:step"
 A = RunRef("rest", "a")
 B = RunRef("rest", "b")
 
 
-def history(*runs: tuple[str, list[LaunchRecord], bool]) -> list[RunHistory]:
-    return [RunHistory(run_id, records, succeeded) for run_id, records, succeeded in runs]
+def lineage(*runs: tuple[str, list[LaunchRecord], bool]) -> list:
+    """A Dagster lineage (current run first), as _step reads it from the event log."""
+    return [
+        step_execution(run_id, records, step_succeeded=succeeded)
+        for run_id, records, succeeded in runs
+    ]
 
 
-def rec(run_id: str, ref: RunRef, key: str = BASE, action: str = "launched") -> LaunchRecord:
-    return LaunchRecord(run_id, ref, key, action)
+def rec(ref: RunRef | None, key: str = BASE, action: str = "launched") -> LaunchRecord:
+    return LaunchRecord(key, ref, action)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -44,54 +43,78 @@ def rec(run_id: str, ref: RunRef, key: str = BASE, action: str = "launched") -> 
         # a first launch
         ([("r1", [], False)], None, BASE),
         # a retry in the same run finds the earlier attempt's run
-        ([("r1", [rec("r1", A)], False)], A, BASE),
+        ([("r1", [rec(A)], False)], A, BASE),
         # the latest record of the run wins (a relaunch after a failed run)
-        ([("r1", [rec("r1", A), rec("r1", B, f"{BASE}#1")], False)], B, f"{BASE}#1"),
+        ([("r1", [rec(A), rec(B, f"{BASE}#1")], False)], B, f"{BASE}#1"),
         # a re-execution of a failed step re-attaches to the parent's run
-        ([("r2", [], False), ("r1", [rec("r1", A)], False)], A, BASE),
+        ([("r2", [], False), ("r1", [rec(A)], False)], A, BASE),
         # ... through a chain of re-executions
-        ([("r3", [], False), ("r2", [], False), ("r1", [rec("r1", A)], False)], A, BASE),
+        ([("r3", [], False), ("r2", [], False), ("r1", [rec(A)], False)], A, BASE),
         # a re-execution of a step that succeeded launches anew, with a new key
-        ([("r2", [], False), ("r1", [rec("r1", A)], True)], None, f"{BASE}#1"),
+        ([("r2", [], False), ("r1", [rec(A)], True)], None, f"{BASE}#1"),
         (
-            [
-                ("r3", [], False),
-                ("r2", [rec("r2", B, f"{BASE}#1")], True),
-                ("r1", [rec("r1", A)], True),
-            ],
+            [("r3", [], False), ("r2", [rec(B, f"{BASE}#1")], True), ("r1", [rec(A)], True)],
             None,
             f"{BASE}#2",
         ),
         # a run cancelled because its Dagster run was terminated is not re-attached
-        (
-            [("r2", [], False), ("r1", [rec("r1", A), rec("r1", A, action=CANCELLED)], False)],
-            None,
-            f"{BASE}#1",
-        ),
+        ([("r2", [], False), ("r1", [rec(A), rec(A, action=CANCELLED)], False)], None, f"{BASE}#1"),
         # a re-attach recorded in a later run is followed like a launch
         (
             [
                 ("r3", [], False),
-                ("r2", [rec("r2", A, action=REATTACHED)], False),
-                ("r1", [rec("r1", A)], False),
+                ("r2", [rec(A, action=REATTACHED)], False),
+                ("r1", [rec(A)], False),
             ],
             A,
             BASE,
         ),
         # a parent whose step succeeded without a record (another version of the step)
         ([("r2", [], False), ("r1", [], True)], None, BASE),
+        # a crash between "starting" and the launch's answer: launch again with the same key
+        ([("r2", [], False), ("r1", [rec(None, action=STARTING)], False)], None, BASE),
+        (
+            [("r1", [rec(A), rec(A, action=CANCELLED), rec(None, f"{BASE}#1", STARTING)], False)],
+            None,
+            f"{BASE}#1",
+        ),
     ],
 )
-def test_plan(runs, reattach, key) -> None:
-    plan = plan_launch(history(*runs), BASE)
+def test_core_plans_from_a_dagster_lineage(runs, reattach, key) -> None:
+    plan = plan_launch(lineage(*runs), BASE)
     assert (plan.reattach, plan.key) == (reattach, key)
     assert plan.why
 
 
-def test_next_key_skips_keys_in_use() -> None:
-    runs = history(("r1", [rec("r1", A, f"{BASE}#1"), rec("r1", A)], False))
-    assert next_key(BASE, runs) == f"{BASE}#2"
-    assert next_key("other", runs) == "other"
+def test_an_ancestor_run_is_named_in_the_reason() -> None:
+    plan = plan_launch(lineage(("r2", [], False), ("r1", [rec(A)], False)), BASE)
+    assert plan.why == "launched by Dagster run r1"
+
+
+@pytest.mark.parametrize(
+    "record",
+    [rec(A), rec(B, f"{BASE}#2", REATTACHED), rec(A, action=CANCELLED), rec(None, action=STARTING)],
+)
+def test_records_round_trip_through_engine_event_metadata(record: LaunchRecord) -> None:
+    metadata = record_metadata(record)
+    assert all(isinstance(v, dg.TextMetadataValue) for v in metadata.values())
+    assert read_record(metadata) == record
+
+
+def test_other_engine_events_hold_no_record_and_broken_records_are_errors() -> None:
+    assert read_record({}) is None
+    assert read_record({"some/other": dg.MetadataValue.text("x")}) is None
+    for broken in (
+        {"runbridge/key": dg.MetadataValue.text("k")},  # a launched record without a ref
+        {"runbridge/key": dg.MetadataValue.text("k"), "runbridge/ref": dg.MetadataValue.text("")},
+        {
+            "runbridge/key": dg.MetadataValue.text("k"),
+            "runbridge/ref": dg.MetadataValue.text("rest:a"),
+            "runbridge/action": dg.MetadataValue.text("exploded"),
+        },
+    ):
+        with pytest.raises(ConfigError):
+            read_record(broken)
 
 
 @pytest.mark.parametrize(
@@ -161,6 +184,7 @@ def test_factories_name_things_and_show_their_defaults_in_the_launchpad() -> Non
     fields = op.config_field.config_type.fields
     assert fields["wait_timeout"].default_value == 600
     assert fields["success"].default_value == ["PARTIAL", "SUCCEEDED"]
-    assert fields["cancel_on_termination"].default_value is True
+    assert fields["cancel_on_kill"].default_value is True
+    assert "cancel_on_termination" not in fields
     assert not any(field.is_required for field in fields.values())
     assert set(op.ins) == {"x"}
