@@ -14,7 +14,8 @@ from the built wheel, never this checkout) and checks what a user of that extra 
   ``LaunchRunOperator`` run with ``dag.test()``, one to success, one to failure;
 - ``prefect``: ``prefect block register -m runbridge.prefect_blocks``; a flow with
   ``launch_and_wait`` to success, and one to failure;
-- ``dagster``: ``dagster definitions validate`` and materializations to success and failure.
+- ``dagster``: ``dagster definitions validate`` and materializations to success and failure;
+- ``all``: the testing scenario and the three orchestrators' in one environment.
 
 URL is a LangGraph emulator (``runbridge emulate langgraph``): ``{"input": {"sleep": S}}`` runs
 S seconds and succeeds, ``{"input": {"fail": "msg"}}`` fails with "msg". Orchestrator homes go
@@ -332,7 +333,7 @@ def smoke_dagster(url: str, version: str, home: Path) -> None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("extra", choices=["core", "testing", *ORCHESTRATORS])
+    parser.add_argument("extra", choices=["core", "testing", *ORCHESTRATORS, "all"])
     parser.add_argument("--url", required=True, help="a LangGraph emulator's base URL")
     parser.add_argument("--version", required=True, help="the version the wheel must report")
     args = parser.parse_args(argv)
@@ -343,6 +344,11 @@ def main(argv: list[str]) -> int:
             smoke_core(args.url, args.version)
         elif args.extra == "testing":
             smoke_testing(args.url, args.version)
+        elif args.extra == "all":  # every scenario in one environment
+            smoke_testing(args.url, args.version)
+            for name in ORCHESTRATORS:
+                (home / name).mkdir()
+                globals()[f"smoke_{name}"](args.url, args.version, home / name)
         else:
             scenario: Any = globals()[f"smoke_{args.extra}"]
             scenario(args.url, args.version, home)
