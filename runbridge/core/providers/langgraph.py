@@ -182,6 +182,8 @@ class LangGraph(Provider):
     def find(self, spec: LaunchSpec) -> Exchange[RunRef | None]:
         assert spec.key is not None
         thread_id = spec.params.get("thread_id") or thread_for_key(spec.key)
+        if not isinstance(thread_id, str):
+            raise ConfigError("langgraph: params['thread_id'] must be a thread id string")
         response = yield Request(
             "GET", f"/threads/{_segment(thread_id)}/runs", params={"limit": 100}
         )
@@ -189,7 +191,9 @@ class LangGraph(Provider):
             return None
         runs = self.decipher(response)
         if not isinstance(runs, list):
-            raise ProtocolError("langgraph: listing a thread's runs did not answer a list")
+            raise ProtocolError(
+                f"langgraph: listing a thread's runs did not answer a list: {excerpt(runs)}"
+            )
         mine = [
             run
             for run in runs
