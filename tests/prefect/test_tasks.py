@@ -159,7 +159,9 @@ def test_a_retry_after_a_failed_wait_reattaches(rest_emu):
     def nightly():
         # each attempt gives up waiting after 0.4 s; the run takes ~1.1 s
         retrying = launch_and_wait.with_options(retries=5, retry_delay_seconds=0)
-        return retrying(credentials, {"job": "nightly"}, wait_timeout=0.4, poll=0.05, return_state=True)
+        return retrying(
+            credentials, {"job": "nightly"}, wait_timeout=0.4, poll=0.05, return_state=True
+        )
 
     state = nightly()
     status = state.result()
