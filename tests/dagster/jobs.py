@@ -30,6 +30,15 @@ def nightly_job() -> None:
     nightly()
 
 
+@dg.job(
+    resource_defs={"external_run": resource.model_copy(update={"request_attempts": 1})},
+    executor_def=dg.in_process_executor,
+)
+def fragile_job() -> None:
+    """nightly, with a resource that tries each request once (a 503 is seen at once)."""
+    nightly()
+
+
 long_running = external_run_op("long_running", {"job": "long"})
 
 
@@ -39,4 +48,4 @@ def long_job() -> None:
     long_running()
 
 
-defs = dg.Definitions(jobs=[nightly_job, long_job])
+defs = dg.Definitions(jobs=[nightly_job, fragile_job, long_job])

@@ -373,3 +373,119 @@ def test_reexecution_after_a_failed_run_needs_relaunch_failed(
     assert third.success and len(emu.launches) == 2
     keys = [r.headers["idempotency-key"] for r in emu.requests if r.method == "POST"]
     assert keys == [f"dagster:{first.run_id}:nightly", f"dagster:{first.run_id}:nightly#1"]
+
+
+# -- the shared policy (core's start), through Dagster -----------------------------------------
+def test_a_transient_error_on_the_first_status_does_not_fail_the_step(
+    emu: Emulator, instance: dg.DagsterInstance, token_env: str
+) -> None:
+    """The run was launched; reading its first status fails (503, not retried): the step
+    waits for it all the same, and the wait's next check sees it."""
+    emu.script(QUICK)
+    emu.inject(kind="status", status=503, method="GET", times=1)
+    report = external_run_asset(name="report", params={"job": "nightly"})
+    result = dg.materialize(
+        [report], resources=resources(emu, request_attempts=1), instance=instance
+    )
+    assert result.success and len(emu.launches) == 1
+    assert [f.fault.label for f in emu.injected] == ["status 503 before"]
+    logged = messages(instance, result.run_id)
+    assert any("503" in m and m.endswith("trying again") for m in logged)
+    (run_id,) = emu.runs
+    assert any(m == f"Launched rest:{run_id}" for m in logged)  # the record, before the status
+
+
+def test_a_reexecution_whose_first_status_read_fails_reattaches(
+    emu: Emulator, instance: dg.DagsterInstance, job_env: None
+) -> None:
+    """The re-executed step cannot read the run it re-attaches to (a 503): it re-attaches
+    anyway, never relaunches, and succeeds when the run does."""
+    emu.script(SLOW)
+    job = dg.reconstructable(jobs.fragile_job)
+    first = dg.execute_job(
+        job, instance, run_config=run_config("nightly", wait_timeout=0.2), raise_on_error=False
+    )
+    assert not first.success and len(emu.launches) == 1
+    emu.inject(kind="status", status=503, method="GET", times=1)
+    again = dg.execute_job(
+        job,
+        instance,
+        run_config=run_config("nightly", wait_timeout=30.0),
+        reexecution_options=dg.ReexecutionOptions.from_failure(first.run_id, instance),
+    )
+    assert again.success
+    assert len(emu.launches) == 1 and emu.cancels == [] and len(emu.injected) == 1
+    logged = messages(instance, again.run_id)
+    assert any(m.startswith("Re-attached to rest:") and first.run_id in m for m in logged)
+
+
+def test_run_timeout_records_the_cancel_and_the_retry_launches_a_new_run(
+    emu: Emulator, instance: dg.DagsterInstance, token_env: str
+) -> None:
+    """runbridge cancelled the run (run_timeout) and said so in the event log: the retry does
+    not re-attach to the cancelled run but launches the next key."""
+    emu.script(LONG, QUICK)
+    report = external_run_asset(
+        name="report",
+        params={"job": "nightly"},
+        run_timeout=0.3,
+        retry_policy=dg.RetryPolicy(max_retries=1),
+    )
+    result = dg.materialize([report], resources=resources(emu), instance=instance)
+    assert result.success and len(emu.launches) == 2
+    first_id = next(iter(emu.runs))
+    assert emu.cancels == [first_id]
+    keys = [r.headers["idempotency-key"] for r in emu.requests_to("POST", "/jobs/")]
+    assert keys == [f"dagster:{result.run_id}:report", f"dagster:{result.run_id}:report#1"]
+    logged = messages(instance, result.run_id)
+    assert f"Cancelled rest:{first_id} (run_timeout)" in logged
+
+
+def test_the_run_timeout_failure_carries_cancelled_by_runbridge(
+    emu: Emulator, token_env: str
+) -> None:
+    emu.script(LONG)
+    report = external_run_asset(name="report", params={"job": "nightly"}, run_timeout=0.3)
+    result = dg.materialize([report], resources=resources(emu), raise_on_error=False)
+    metadata = step_failure(result).user_failure_data.metadata
+    assert metadata["cancelled_by_runbridge"] == dg.MetadataValue.bool(True)
+    assert metadata["state"].value == "TIMED_OUT"
+
+
+def test_error_window_reaches_the_wait(
+    emu: Emulator, instance: dg.DagsterInstance, token_env: str
+) -> None:
+    """The resource's error_window bounds how long the step's wait tolerates an outage."""
+    emu.script(LONG)
+    emu.inject(kind="status", status=503, method="GET", times=10_000)
+    report = external_run_asset(name="report", params={"job": "nightly"})
+    begun = time.monotonic()
+    result = dg.materialize(
+        [report],
+        resources=resources(emu, error_window=0.5, request_attempts=1),
+        instance=instance,
+        raise_on_error=False,
+    )
+    took = time.monotonic() - begun
+    assert not result.success
+    failure = step_failure(result)
+    assert "503" in str(failure.error.message) or any(
+        "503" in str(c.message) for c in (failure.error.cause, failure.error.context) if c
+    )
+    assert len(emu.launches) == 1 and emu.cancels == []  # a poll error never relaunches
+    checks = [r for r in emu.requests if r.method == "GET"]
+    assert 2 <= len(checks) < 100  # it kept trying through the window, then gave up
+    assert took < 20
+
+
+def test_an_outage_inside_the_error_window_is_tolerated(
+    emu: Emulator, instance: dg.DagsterInstance, token_env: str
+) -> None:
+    emu.script(Script([("queued", 0.05), ("running", 0.6)], final="succeeded"))
+    emu.inject(kind="status", status=503, method="GET", times=6)
+    report = external_run_asset(name="report", params={"job": "nightly"})
+    result = dg.materialize(
+        [report], resources=resources(emu, error_window=30.0, request_attempts=1)
+    )
+    assert result.success and len(emu.launches) == 1
+    assert len(emu.injected) == 6

@@ -10,9 +10,11 @@ receives SIGINT and forwards it to the step process, where Dagster raises
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -41,8 +43,12 @@ def wait_until(condition, timeout: float = 60.0) -> None:  # type: ignore[no-unt
         time.sleep(0.05)
 
 
-def test_terminating_the_dagster_run_cancels_the_external_run(emu: Emulator) -> None:
-    emu.script(Script([("queued", 0.05), ("running", 600.0)], final="succeeded"))
+@contextlib.contextmanager
+def terminated_run(
+    emu: Emulator, run_config: dict[str, Any] | None = None
+) -> Iterator[tuple[dg.DagsterInstance, dg.DagsterRun, str]]:
+    """long_job launched through a code server, its step waiting for the external run, then
+    terminated; yields the instance, the Dagster run (finished) and the external run's id."""
     target = PythonFileTarget(
         python_file=str(JOBS_FILE), attribute="defs", working_directory=None, location_name="jobs"
     )
@@ -55,6 +61,7 @@ def test_terminating_the_dagster_run_cancels_the_external_run(emu: Emulator) -> 
         )
         run = instance.create_run_for_job(
             job_def=jobs.long_job,
+            run_config=run_config,
             remote_job_origin=remote_job.get_remote_origin(),
             job_code_origin=remote_job.get_python_origin(),
         )
@@ -74,7 +81,44 @@ def test_terminating_the_dagster_run_cancels_the_external_run(emu: Emulator) -> 
 
         finished = poll_for_finished_run(instance, run.run_id, timeout=60)
         assert finished.status == dg.DagsterRunStatus.CANCELED
+        yield instance, finished, external_id
+
+
+def test_terminating_the_dagster_run_cancels_the_external_run(emu: Emulator) -> None:
+    """...records the cancel in the event log, and a re-execution launches a new run (the
+    next key), never re-attaching to the cancelled one."""
+    emu.script(
+        Script([("queued", 0.05), ("running", 600.0)], final="succeeded"),
+        Script([("queued", 0.05), ("running", 0.2)], final="succeeded"),
+    )
+    with terminated_run(emu) as (instance, run, external_id):
         assert emu.cancels == [external_id]
         messages = [e.message for e in instance.all_logs(run.run_id)]
         assert f"The Dagster run was terminated; cancelling rest:{external_id}" in messages
         assert f"Cancelled rest:{external_id} (Dagster run terminated)" in messages
+
+        # the re-execution reads the cancelled record and launches anew, with the next key
+        with dg.execute_job(
+            dg.reconstructable(jobs.long_job),
+            instance,
+            reexecution_options=dg.ReexecutionOptions(parent_run_id=run.run_id),
+        ) as again:
+            assert again.success
+        assert len(emu.launches) == 2 and emu.cancels == [external_id]
+        keys = [r.headers["idempotency-key"] for r in emu.requests_to("POST", "/jobs/")]
+        base = f"dagster:{run.run_id}:long_running"
+        assert keys == [base, f"{base}#1"]
+        assert any(
+            e.message.startswith("Launched rest:") and external_id not in e.message
+            for e in instance.all_logs(again.run_id)
+        )
+
+
+def test_cancel_on_kill_false_leaves_the_external_run_going(emu: Emulator) -> None:
+    emu.script(Script([("queued", 0.05), ("running", 600.0)], final="succeeded"))
+    config = {"ops": {"long_running": {"config": {"cancel_on_kill": False}}}}
+    with terminated_run(emu, config) as (instance, run, external_id):
+        assert emu.cancels == []
+        messages = [e.message for e in instance.all_logs(run.run_id)]
+        assert f"Interrupted; leaving rest:{external_id} going (cancel_on_kill=False)" in messages
+        assert not any(m.startswith("Cancelled") for m in messages)
