@@ -126,7 +126,8 @@ class Fault:
     ``cut`` of its length, always before its last non-blank byte, with a matching
     Content-Length: a complete response whose JSON is unfinished) and ``garble`` (the real
     answer with a few bytes at ``cut`` of its length overwritten by bytes that are not UTF-8).
-    An empty body has nothing to cut or overwrite: both send ``{"`` instead.
+    An empty body has nothing to cut or overwrite: both send ``{"`` instead. With ``ok_only``
+    they spoil only a 2xx answer and let an error answer through (the fault is then not met).
     when: ``before`` the platform acts on the request, or ``after`` it did (the answer is lost).
     A ``delay`` before acts on the request after the delay, even when the client has given up
     by then (as a slow server does).
@@ -143,6 +144,8 @@ class Fault:
     when: Literal["before", "after"] = "before"
     cut: float = 0.5
     """Where ``truncate`` cuts and ``garble`` overwrites, as a fraction of the body's length."""
+    ok_only: bool = False
+    """``truncate`` and ``garble``: spoil only a 2xx answer."""
 
     def __post_init__(self) -> None:
         if self.kind in ("truncate", "garble") and self.when != "after":
@@ -182,6 +185,8 @@ class InjectedFault:
 
     fault: Fault
     request: RecordedRequest
+    answered: int | None = None
+    """For a fault after the request took effect: the status the platform answered."""
 
 
 FaultChoice = Fault | Callable[[random.Random], Fault]
@@ -197,6 +202,7 @@ class RandomFaults:
     how many identical requests came before), not of the order in which concurrent requests
     arrive: with the same seed, the same requests meet the same faults wherever the ids in them
     are the same from run to run (ids derived from idempotency keys are; random ids are not).
+    ``rate`` may also be a function of the request (a higher rate for launches, say), and
     ``applies`` (a request -> bool) limits the chaos to some requests. A drawn fault is used
     for that one request (its ``times``, ``method`` and ``path`` are ignored).
     """
@@ -205,11 +211,11 @@ class RandomFaults:
         self,
         menu: Sequence[tuple[float, FaultChoice]],
         *,
-        rate: float = 0.1,
+        rate: float | Callable[[RecordedRequest], float] = 0.1,
         seed: int = 0,
         applies: Callable[[RecordedRequest], bool] | None = None,
     ) -> None:
-        if not 0.0 <= rate <= 1.0:
+        if not callable(rate) and not 0.0 <= rate <= 1.0:
             raise ValueError(f"rate must be between 0 and 1, got {rate!r}")
         if not menu or any(weight < 0 for weight, _ in menu) or not sum(w for w, _ in menu):
             raise ValueError("menu needs at least one fault with a positive weight")
@@ -237,7 +243,8 @@ class RandomFaults:
         if self.applies is not None and not self.applies(request):
             return None
         rng = self._rng(request)
-        if rng.random() >= self.rate:
+        rate = self.rate(request) if callable(self.rate) else self.rate
+        if rng.random() >= rate:
             return None
         weights = [weight for weight, _ in self.menu]
         (choice,) = rng.choices([c for _, c in self.menu], weights=weights)
@@ -272,6 +279,8 @@ class Emulator:
         """Random faults for every request (after the queued ``faults``), or None."""
         self.injected: list[InjectedFault] = []
         """Every fault met, queued or random, in order."""
+        self.active = 0
+        """Requests being answered now (a slow one the client gave up on included)."""
         self.script_for: Callable[[RecordedRequest], Script | None] | None = None
         """Picks the script of a run launched by a request (None: the queued scripts, then the
         default). Concurrent launches arrive in no fixed order; this gives each its own."""
@@ -339,16 +348,29 @@ class Emulator:
         return None
 
     def _choose_fault(self, request: RecordedRequest) -> Fault | None:
-        """The fault this request meets (queued first, then random), recorded; or None."""
+        """The fault this request meets (queued first, then random), or None."""
         fault = self._take_fault(request.method, request.path, "before")
         if fault is None:
             fault = self._take_fault(request.method, request.path, "after")
         if fault is None and self.chaos is not None:
             fault = self.chaos.draw(request)
-        if fault is not None:
-            with self.lock:
-                self.injected.append(InjectedFault(dataclasses.replace(fault), request))
         return fault
+
+    def _met(self, fault: Fault, request: RecordedRequest, answered: int | None = None) -> None:
+        with self.lock:
+            self.injected.append(InjectedFault(dataclasses.replace(fault), request, answered))
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Block until no request is being answered (a slow one may still act on the platform
+        after its client gave up); False if that took longer than ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                if self.active == 0:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
 
     def requests_to(self, method: str, path_contains: str = "") -> list[RecordedRequest]:
         with self.lock:
@@ -394,11 +416,14 @@ class Emulator:
         )
         with self.lock:
             self.requests.append(recorded)
+            self.active += 1
         token = _current_request.set(recorded)
         try:
             await self._answer(scope, receive, send, recorded, body)
         finally:
             _current_request.reset(token)
+            with self.lock:
+                self.active -= 1
 
     async def _answer(
         self, scope: Scope, receive: Receive, send: Send, recorded: RecordedRequest, body: bytes
@@ -418,6 +443,7 @@ class Emulator:
 
         fault = self._choose_fault(recorded)
         if fault is not None and fault.when == "before":
+            self._met(fault, recorded)
             await self._apply(fault, scope, replay, send, None)
             return
         after = fault
@@ -430,6 +456,17 @@ class Emulator:
             captured.append(message)
 
         await self._app(scope, replay, capture)
+        start = next((m for m in captured if m["type"] == "http.response.start"), None)
+        answered = int(start["status"]) if start is not None else None
+        if (
+            after.kind in ("truncate", "garble")
+            and after.ok_only
+            and not (answered is not None and 200 <= answered < 300)
+        ):
+            for message in captured:  # an error answer, let through
+                await send(message)
+            return
+        self._met(after, recorded, answered)
         await self._apply(after, scope, replay, send, captured)
 
     async def _apply(
