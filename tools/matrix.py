@@ -66,7 +66,7 @@ RESOLUTIONS = ("floor", "newest")
 KNOWN_BROKEN_FLOORS = {
     "prefect": (
         "Prefect < 3.9 does not bound fastapi and its other dependencies; resolved today they "
-        "break it (fastapi >= 0.151 drops Body(min_items=...)); see docs/prefect.md"
+        "break it (recent fastapi has no Body(min_items=...)); see docs/prefect.md"
     ),
 }
 AS_RELEASED = {"prefect": ("3.4", "2025-05-04")}  # prefect 3.4.0 was uploaded on 2025-05-02
