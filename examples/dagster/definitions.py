@@ -32,6 +32,7 @@ wandb = ExternalRunResource(
     options={"entity": "runbridge", "project": "demo", "queue": "default"},
     poll_interval=1.0,
     poll_max_interval=15.0,
+    error_window=1800,  # a wait rides out up to 30 minutes of W&B API errors
 )
 
 # -- an asset: a training run on a W&B Launch queue ---------------------------------------------
@@ -42,7 +43,7 @@ model = external_run_asset(
     name="model",
     params={"docker_image": "trainer:latest", "config": {"epochs": 10}},
     wait_timeout=4 * 3600,  # stop waiting (the run goes on; a retry re-attaches)
-    run_timeout=8 * 3600,  # cancel a run this old
+    run_timeout=8 * 3600,  # cancel a run this old (a retry then launches a new one)
     retry_policy=dg.RetryPolicy(max_retries=2, delay=30),
     group_name="ml",
     kinds={"wandb"},

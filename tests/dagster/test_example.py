@@ -43,6 +43,9 @@ def test_example_materializes_against_the_emulator(
     )
     example = load_example(monkeypatch, emu.base_url)
     defs: dg.Definitions = example.defs
+    # the resource's fields are the client's configuration, error_window included
+    config = example.wandb.client_config()
+    assert config.error_window == 1800 and config.token == "local-dev"
     resource = defs.resources["external_run"].model_copy(
         update={"poll_interval": 0.05, "poll_max_interval": 0.1}
     )
