@@ -9,13 +9,15 @@
 ...         platform="langgraph", base_url="http://127.0.0.1:2024", token=dg.EnvVar("TOKEN"))},
 ... )
 
-* :class:`ExternalRunResource`: platform, URL, token and poll schedule; ``get_client()``
-  returns a core ``RunClient``; ``launch``/``get``/``wait``/``cancel``/``launch_and_wait``;
+* :class:`ExternalRunResource`: platform, URL, token, request and poll settings, which build
+  core's ``ClientConfig`` (``client_config()``); ``get_client()`` returns a core
+  ``RunClient``; ``launch``/``get``/``wait``/``cancel``/``launch_and_wait``;
   ``run(context, params)`` for your own op and asset bodies.
 * :func:`external_run_op`, :func:`external_run_asset`: launch and wait, with the run's URL,
   states, duration and outputs as metadata; ``dg.Failure`` when the run does not succeed;
-  retries and re-executions re-attach; terminating the Dagster run cancels the external run.
-  Per-run options: :class:`ExternalRunConfig`.
+  retries and re-executions re-attach (core's one policy, records in Dagster's event log);
+  terminating the Dagster run cancels the external run (``cancel_on_kill``). Per-run
+  options: :class:`ExternalRunConfig`.
 * :func:`external_run_sensor`: a ``RunRequest`` per external run that ends, exactly once.
 
 Needs the ``dagster`` extra. See docs/dagster.md.
