@@ -11,13 +11,18 @@ can leak what it never saw.
 :class:`Redactor` knows every form of the secrets a client holds: the token, each header value
 it produced (``Bearer t``, ``Basic base64(api:KEY)``) and their last word, and for each of
 these its URL-quoted, JSON-escaped and base64 forms (standard and URL-safe alphabets, at each
-of the three alignments inside a longer base64 text).
+of the three alignments inside a longer base64 text). A text whose escapes hide a form (JSON's
+``\\u0072`` or ``\\/``, as PHP and .NET write them; URL-encoding with ``/`` left as is or in
+lower-case hex) is looked at with the escapes of plain ASCII characters undone; where that
+shows a form, the text is kept in that decoded spelling, masked. So whatever a JSON decoder or
+a reader undoing percent-escapes would make of an answer holds no form either.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterable
 from urllib.parse import quote
 
@@ -46,6 +51,23 @@ def _base64_forms(secret: bytes) -> set[bytes]:
     return forms
 
 
+# escapes a reader undoes, read left to right (an escaped backslash stays one): JSON's \\/ and
+# \\uXXXX, and URL-encoding's %XX
+_ESCAPES = re.compile(r"\\\\|\\/|\\u([0-9a-fA-F]{4})|%([0-9a-fA-F]{2})")
+
+
+def _unescape(match: re.Match[str]) -> str:
+    """The character an escape stands for, where it is a plain one: printable ASCII other than
+    the quote and the backslash (which would end or escape a JSON string)."""
+    text = match.group(0)
+    if text == "\\/":
+        return "/"
+    code = int(match.group(1) or match.group(2) or "0", 16)
+    if 0x20 <= code < 0x7F and chr(code) not in '"\\':
+        return chr(code)
+    return text
+
+
 class Redactor:
     """Replaces every known form of some secrets by ``***``, in text and in bytes."""
 
@@ -71,16 +93,28 @@ class Redactor:
         return bool(self._bytes)
 
     def text(self, value: str) -> str:
+        value = self._replace(value)
+        if "\\" in value or "%" in value:
+            plain = _ESCAPES.sub(_unescape, value)
+            if plain != value:
+                masked = self._replace(plain)
+                if masked != plain:
+                    return masked
+        return value
+
+    def _replace(self, value: str) -> str:
         for form in self._text:
             if form in value:
                 value = value.replace(form, MASK)
         return value
 
     def bytes(self, value: bytes) -> bytes:
-        for form in self._bytes:
-            if form in value:
-                value = value.replace(form, MASK.encode())
-        return value
+        if not self._bytes:
+            return value
+        # surrogateescape: bytes that are not UTF-8 come back as they were
+        text = value.decode("utf-8", "surrogateescape")
+        cleaned = self.text(text)
+        return value if cleaned == text else cleaned.encode("utf-8", "surrogateescape")
 
     def __repr__(self) -> str:
         return f"<Redactor of {len(self._bytes)} forms>"
