@@ -163,6 +163,8 @@ async def launch(
                 listener.last_raw = status.raw_state
                 if artifacts:
                     await _runtime.link_artifact(status)
+            elif artifacts:  # no URL yet: the wait for this run makes the link
+                _runtime.link_pending.add(ref)
         except BaseException as exc:
             if _killed(exc) and cancel_on_kill and runs:
                 await _cancel_killed(client, runs[-1], log, exc)
@@ -188,12 +190,9 @@ async def cancel(credentials: RunbridgeCredentials, ref: RunRef) -> None:
     _runtime.logger().info("Cancelled %s run %s", ref.platform, ref.id)
 
 
-async def wait(
-    credentials: RunbridgeCredentials, ref: RunRef, policy: WaitPolicy, *, link: bool = False
-) -> RunStatus:
+async def wait(credentials: RunbridgeCredentials, ref: RunRef, policy: WaitPolicy) -> RunStatus:
     """Wait for the run to end; return its terminal status (a failed run is returned, not
     raised). If the wait is killed, cancel the run (per ``policy.cancel_on_kill``) and re-raise.
-    ``link``: create the link artifact at the end (the launch could not read the run's URL).
     """
     listener = _Listener()
     log = listener.log
@@ -225,7 +224,8 @@ async def wait(
     succeeded = status.succeeded(policy.success)
     (log.info if succeeded else log.error)("Finished: %s", status.summary())
     if policy.artifacts:
-        if link:
+        if ref in _runtime.link_pending:  # the launch could not read the run's URL
+            _runtime.link_pending.discard(ref)
             await _runtime.link_artifact(status)
         await _runtime.status_artifact(status, succeeded)
     return status

@@ -204,6 +204,11 @@ async def record_cancelled(ref: RunRef) -> None:
         await save_record(store_key, LaunchRecord(launch_key, ref, CANCELLED))
 
 
+link_pending: set[RunRef] = set()
+"""Runs launched here whose link artifact waits for a status with the URL (the launch's first
+status read failed)."""
+
+
 def mark_launched(ref: RunRef, store_key: str | None, launch_key: str) -> None:
     """Note that this process launched (or re-attached to) ``ref`` (so killing a wait on it
     cancels it, and the cancellation is recorded under ``store_key``)."""

@@ -203,10 +203,7 @@ class ExternalRunJob(JobBlock):
             artifacts=self.create_artifacts,
             cancel_on_kill=self.cancel_on_kill,
         )
-        run = ExternalRun(self, started.ref, started.status)
-        # the launch could not read the run's status (its URL): the wait makes the link
-        run._link_pending = self.create_artifacts and started.status is None
-        return run
+        return ExternalRun(self, started.ref, started.status)
 
     @async_dispatch(atrigger)
     def trigger(  # type: ignore[override]
@@ -233,7 +230,6 @@ class ExternalRun(JobRun[RunStatus]):  # not a block
         self.ref = ref
         self.status: RunStatus | None = status
         """The last status seen."""
-        self._link_pending = False
 
     def __repr__(self) -> str:
         state = self.status.state.value if self.status else "?"
@@ -247,10 +243,7 @@ class ExternalRun(JobRun[RunStatus]):  # not a block
     async def await_for_completion(self) -> RunStatus:
         """Wait until the run ends and return its final status (a failed run is returned, not
         raised; ``WaitTimeout`` after the job's ``wait_timeout``)."""
-        link, self._link_pending = self._link_pending, False
-        self.status = await _ops.wait(
-            self.job.credentials, self.ref, self.job.wait_policy(), link=link
-        )
+        self.status = await _ops.wait(self.job.credentials, self.ref, self.job.wait_policy())
         return self.status
 
     @async_dispatch(await_for_completion)

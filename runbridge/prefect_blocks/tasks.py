@@ -103,8 +103,7 @@ async def _launch_and_wait(
         artifacts=policy.artifacts,
         cancel_on_kill=policy.cancel_on_kill is not False,
     )
-    link = policy.artifacts and started.status is None
-    status = await _ops.wait(credentials, started.ref, policy, link=link)
+    status = await _ops.wait(credentials, started.ref, policy)
     return status.raise_for_state(policy.success)
 
 

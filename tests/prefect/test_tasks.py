@@ -152,13 +152,14 @@ def _rest_without_idempotency(base_url: str) -> RunbridgeCredentials:
 
 
 def test_a_retry_after_a_failed_wait_reattaches(rest_emu):
-    rest_emu.script(Script([("queued", 0.1), ("running", 1.0)], final="succeeded"))
+    rest_emu.script(Script([("queued", 0.1), ("running", 2.0)], final="succeeded"))
     credentials = _rest_without_idempotency(rest_emu.base_url)
 
     @flow
     def nightly():
-        # each attempt gives up waiting after 0.4 s; the run takes ~1.1 s
-        retrying = launch_and_wait.with_options(retries=5, retry_delay_seconds=0)
+        # each attempt gives up waiting after 0.4 s; the run takes ~2.1 s (how many attempts
+        # that is depends on Prefect's overhead per attempt, hence >= 2 below)
+        retrying = launch_and_wait.with_options(retries=8, retry_delay_seconds=0)
         return retrying(
             credentials, {"job": "nightly"}, wait_timeout=0.4, poll=0.05, return_state=True
         )
@@ -168,7 +169,7 @@ def test_a_retry_after_a_failed_wait_reattaches(rest_emu):
     assert status.state is RunState.SUCCEEDED
     assert len(rest_emu.launches) == 1  # every retry re-attached
     (task_run,) = task_runs(state.state_details.flow_run_id)
-    assert task_run.run_count >= 3
+    assert task_run.run_count >= 2
     logs = flow_run_logs(state.state_details.flow_run_id)
     assert sum("Re-attached to rest run" in line for line in logs) == task_run.run_count - 1
 
