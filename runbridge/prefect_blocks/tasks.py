@@ -165,8 +165,8 @@ async def await_for_run(
     cancel the run once it is that old. ``error_window``: seconds of transient errors
     tolerated (default: the credentials'). ``check``: fail the task with the platform's message unless
     the run ended in a ``success`` state (default SUCCEEDED). ``cancel_on_kill``: cancel the
-    run if the wait is killed (flow run cancelled, timeout); by default only when this flow
-    run launched it.
+    run if the wait is killed (flow run cancelled, timeout); by default only when this process
+    launched it (a killed wait that cancels the run records it, so a retry launches anew).
     """
     policy = _policy(
         wait_timeout, run_timeout, poll, error_window, success, cancel_on_kill, create_artifacts
@@ -194,8 +194,8 @@ def wait_for_run(
     cancel the run once it is that old. ``error_window``: seconds of transient errors
     tolerated (default: the credentials'). ``check``: fail the task with the platform's message unless
     the run ended in a ``success`` state (default SUCCEEDED). ``cancel_on_kill``: cancel the
-    run if the wait is killed (flow run cancelled, timeout); by default only when this flow
-    run launched it.
+    run if the wait is killed (flow run cancelled, timeout); by default only when this process
+    launched it (a killed wait that cancels the run records it, so a retry launches anew).
     """
     policy = _policy(
         wait_timeout, run_timeout, poll, error_window, success, cancel_on_kill, create_artifacts
