@@ -777,6 +777,11 @@ class Report:
 
     def summary(self) -> str:
         kinds = collections.Counter(o.kind for o in self.outcomes)
+        causes = collections.Counter(
+            type(o.error.cause).__name__
+            for o in self.outcomes
+            if isinstance(o.error, LaunchUncertain)
+        )
         lines = [
             f"fault soak: {self.platform} ({self.client} client), seed {self.seed} "
             f"(RUNBRIDGE_SOAK_SEED), {len(self.outcomes)} runs, {self.requests} requests, "
@@ -786,7 +791,7 @@ class Report:
             "  outcomes: " + _counts(kinds),
             f"  LaunchUncertain: {self.uncertain} (the platform had created the run for "
             f"{self.uncertain_created} of them; {self.uncertain_slow} after a timeout that no "
-            "injected fault caused: a busy machine)",
+            "injected fault caused: a busy machine); causes: " + _counts(causes),
         ]
         if self.skipped:
             lines.append("  faults drawn but not applied (known bugs): " + _counts(self.skipped))
