@@ -12,7 +12,9 @@ Two promises are kept here, because only the I/O layer can keep them:
   time never trips a read timeout; the async client bounds the whole exchange with one timer,
   the sync client's connections read against the request's deadline (a network backend that
   lowers each socket read's timeout to what is left; see ``_DeadlineBackend``).
-* **Answers are redacted where they enter** (:mod:`runbridge.core.redact`) and capped in size.
+* **Answers are redacted where they enter** (:mod:`runbridge.core.redact`) and capped in size:
+  the cap counts the bytes as they are decoded, a piece at a time (``_Inflater``), so a small
+  gzip body that inflates to gigabytes is refused before it is held.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import contextvars
 import inspect
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, TypeVar
@@ -136,6 +139,69 @@ def _deadline_client() -> httpx.Client:
     return client
 
 
+# -- the body cap holds for compressed answers ------------------------------------------------
+_PIECE = 64 * 1024
+ACCEPT_ENCODING = "gzip, deflate"
+"""What the clients ask for: the codings ``_Inflater`` decodes a bounded piece at a time."""
+
+
+class _Inflater:
+    """Undoes a gzip or deflate ``Content-Encoding`` at most 64 KiB of output at a time (zlib's
+    ``max_length``), so the size cap sees a small body that inflates to gigabytes (a "zip bomb")
+    as it inflates, not after httpx inflated a whole read at once. Any other coding passes
+    through as received (as httpx does with codings it does not know; the clients ask for gzip
+    and deflate only), to fail as an unreadable answer."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        # a response a transport handed over already read is already decoded (by httpx)
+        encoding = "" if response.is_stream_consumed else response.headers.get("content-encoding")
+        codings = [c.strip().lower() for c in (encoding or "").split(",")]
+        codings = [c for c in codings if c and c != "identity"]
+        coding = codings[0] if len(codings) == 1 else None
+        self._zlib: Any = None
+        self._raw_deflate_possible = coding == "deflate"
+        if coding in ("gzip", "x-gzip"):
+            self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif coding == "deflate":
+            self._zlib = zlib.decompressobj()
+
+    def decode(self, data: bytes) -> Iterator[bytes]:
+        if self._zlib is None:
+            if data:
+                yield data
+            return
+        while True:
+            try:
+                out = self._zlib.decompress(data, _PIECE)
+            except zlib.error as exc:
+                if self._raw_deflate_possible:  # "deflate" without the zlib wrapper, as httpx
+                    self._raw_deflate_possible = False
+                    self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+                    continue
+                raise httpx.DecodingError(f"the answer's {exc}") from None
+            self._raw_deflate_possible = False
+            if out:
+                yield out
+            data = self._zlib.unconsumed_tail
+            if not data and len(out) < _PIECE:
+                return
+
+
+def _raw(response: httpx.Response) -> Iterator[bytes]:
+    if response.is_stream_consumed:
+        yield response.content
+    else:
+        yield from response.iter_raw()
+
+
+async def _araw(response: httpx.Response) -> AsyncIterator[bytes]:
+    if response.is_stream_consumed:
+        yield response.content
+    else:
+        async for data in response.aiter_raw():
+            yield data
+
+
 def _carries(value: str, token: str) -> bool:
     """Whether a header value was made from the token (holds it raw or base64-encoded)."""
     if token in value:
@@ -182,7 +248,10 @@ class _BaseClient:
         self.poll = poll or PollSchedule()
         self.hooks: list[Hook] = [log_event, *hooks]
         self.inbox = inbox
-        self._headers: dict[str, str] = {"user-agent": f"runbridge/{__version__}"}
+        self._headers: dict[str, str] = {
+            "user-agent": f"runbridge/{__version__}",
+            "accept-encoding": ACCEPT_ENCODING,
+        }
         auth = self.provider.auth_headers(self._token) if self._token else {}
         self._headers.update(auth)
         self._headers.update(headers or {})
@@ -363,11 +432,13 @@ class RunClient(_BaseClient):
         try:
             with self._http.stream(**args) as response:
                 self._declared_size(request, response)
+                inflater = _Inflater(response)
                 chunks, size = [], 0
-                for chunk in response.iter_bytes():
-                    size += len(chunk)
-                    self._check_size(request, response, size)
-                    chunks.append(chunk)
+                for data in _raw(response):
+                    for chunk in inflater.decode(data):
+                        size += len(chunk)
+                        self._check_size(request, response, size)
+                        chunks.append(chunk)
                     if time.monotonic() > end:
                         raise httpx.ReadTimeout("the request ran out of time")
                 return self._response(request, response, b"".join(chunks))
@@ -534,11 +605,13 @@ class AsyncRunClient(_BaseClient):
     async def _exchange(self, request: Request) -> Response:
         async with self._http.stream(**self._httpx_args(request)) as response:
             self._declared_size(request, response)
+            inflater = _Inflater(response)
             chunks, size = [], 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                self._check_size(request, response, size)
-                chunks.append(chunk)
+            async for data in _araw(response):
+                for chunk in inflater.decode(data):
+                    size += len(chunk)
+                    self._check_size(request, response, size)
+                    chunks.append(chunk)
             return self._response(request, response, b"".join(chunks))
 
     async def _send(self, request: Request) -> Response:

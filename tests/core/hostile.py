@@ -34,6 +34,7 @@ __all__ = [
     "HostileServer",
     "Received",
     "close",
+    "compress",
     "declare",
     "echo",
     "gzip_bomb",
@@ -329,19 +330,28 @@ def declare(length: int) -> Behaviour:
     return behave
 
 
-_BOMBS: dict[int, bytes] = {}
+_BOMBS: dict[tuple[int, str], bytes] = {}
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS, "raw deflate": -zlib.MAX_WBITS}
 
 
-def gzip_bomb(inflated: int) -> Behaviour:
-    """A small gzip body (``Content-Encoding: gzip``) that inflates to ``inflated`` bytes."""
-    if inflated not in _BOMBS:
-        packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # the gzip format
+def compress(data: bytes, coding: str) -> bytes:
+    """``data`` as a ``gzip``, ``deflate`` (zlib-wrapped) or ``raw deflate`` body."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, _WBITS[coding])
+    return packer.compress(data) + packer.flush()
+
+
+def gzip_bomb(inflated: int, coding: str = "gzip") -> Behaviour:
+    """A small compressed body (``Content-Encoding: gzip`` or ``deflate``) that inflates to
+    ``inflated`` bytes of zeros (made a megabyte at a time: the test never holds it whole)."""
+    if (inflated, coding) not in _BOMBS:
+        packer = zlib.compressobj(9, zlib.DEFLATED, _WBITS[coding])
         block = b"\0" * (1 << 20)
         parts = [packer.compress(block) for _ in range(inflated >> 20)]
         parts += [packer.compress(b"\0" * (inflated & ((1 << 20) - 1))), packer.flush()]
-        _BOMBS[inflated] = b"".join(parts)
-    body = _BOMBS[inflated]
-    return reply(200, body, {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+        _BOMBS[inflated, coding] = b"".join(parts)
+    body = _BOMBS[inflated, coding]
+    encoding = "deflate" if coding.endswith("deflate") else coding
+    return reply(200, body, {"Content-Type": "application/json", "Content-Encoding": encoding})
 
 
 def echo(
