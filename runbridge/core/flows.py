@@ -232,6 +232,13 @@ class WaitState:
     cancelled_at: float | None = None
     cancel_due: float | None = None
     """When ``run_timeout`` falls due, on the flow's clock (None: no run_timeout, or done)."""
+    pushed: bool = False
+    """The last sleep was ended by a pushed update (a webhook delivery), which the check that
+    follows confirms."""
+    distrust_push: bool = False
+    """A pushed update did not end the wait (the run still runs, or the check failed): the
+    next sleep is not cut short by another, so stale or forged deliveries, however many, cost
+    at most one check per poll interval."""
 
     def request_deadline(self) -> float | None:
         """The deadline each request of this wait gets: the wait's or run_timeout's, whichever
@@ -305,6 +312,7 @@ def wait_steps(
             if status.is_terminal:
                 return status
             state.cancel_due = _cancel_due(state, clock(), wall())
+        state.distrust_push, state.pushed = state.pushed, False
         now = clock()
         if state.cancel_due is not None and now >= state.cancel_due:
             yield from _cancel_for_run_timeout(state, clock, emit)
@@ -325,10 +333,11 @@ def wait_steps(
             if end is not None:
                 delay = max(0.0, min(delay, end - now))
         emit("sleep", ref=ref, status=state.last, delay=delay, elapsed=now - state.start)
-        woke = yield Sleep(delay, "poll", wake=ref)
+        woke = yield Sleep(delay, "poll", wake=None if state.distrust_push else ref)
         if isinstance(woke, RunStatus):
             # a pushed (webhook) update says the run ended: confirm with a check now
             emit("pushed_update", ref=ref, status=woke)
+            state.pushed = True
 
 
 def _cancel_due(state: WaitState, now: float, wall_now: datetime) -> float | None:

@@ -16,8 +16,10 @@ the fallback: a lost delivery costs at most one poll interval, never a stuck wai
 block in another, or async waits run in an event loop.
 
 A delivery is a hint, never a verdict: the wait it wakes *consumes* it and confirms with a
-status check, so a stale or forged delivery costs one request, not a busy loop; the inbox keeps
-at most ``max_pending`` undelivered statuses (the oldest are dropped first).
+status check, so a stale or forged delivery costs one request, not a busy loop; a delivery the
+check proves wrong makes the wait's next sleep a full one, so a flood of forged deliveries
+costs at most one check per poll interval; the inbox keeps at most ``max_pending`` undelivered
+statuses (the oldest are dropped first).
 """
 
 from __future__ import annotations
