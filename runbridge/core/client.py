@@ -464,12 +464,17 @@ class RunClient(_BaseClient):
                 try:
                     response = self._send(step)
                 except httpx.HTTPError as exc:
-                    step = flow.throw(self._transport_error(step, exc))
+                    error: Exception = self._transport_error(step, exc)
                 except ProtocolError as exc:
-                    step = flow.throw(exc)
+                    error = exc
                 else:
                     step = flow.send(response)
                     del response  # not kept alive while the wait sleeps
+                    continue
+                # thrown outside the except block: nothing the flow raises from here (a
+                # WaitTimeout...) carries httpx's exception, which may quote the unredacted
+                # answer, as its __context__ (a traceback prints it)
+                step = flow.throw(error)
         except StopIteration as stop:
             result: T = stop.value
             return result
@@ -649,12 +654,14 @@ class AsyncRunClient(_BaseClient):
                 try:
                     response = await self._send(step)
                 except httpx.HTTPError as exc:
-                    step = flow.throw(self._transport_error(step, exc))
+                    error: Exception = self._transport_error(step, exc)
                 except (LongPollUnavailable, ProtocolError) as exc:
-                    step = flow.throw(exc)
+                    error = exc
                 else:
                     step = flow.send(response)
                     del response  # not kept alive while the wait sleeps
+                    continue
+                step = flow.throw(error)  # outside the except block, as in RunClient._drive
         except StopIteration as stop:
             result: T = stop.value
             return result

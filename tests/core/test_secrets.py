@@ -161,8 +161,10 @@ CASES: dict[str, tuple[int, str, Callable[[str], bytes]]] = {
     ),
     "done": (200, "application/json", run_body("failed")),
     "busy": (200, "application/json", run_body("running")),
+    "garbled": (200, "", lambda text: b""),
 }
-"""By run id (and launch job): the status, content type and body the platform answers."""
+"""By run id (and launch job): the status, content type and body the platform answers; for
+``garbled``, a malformed header line quoting the echo (the HTTP parser's error quotes it)."""
 
 
 def echo_platform(encode: Callable[[str], str], header: str = "authorization") -> hostile.Behaviour:
@@ -173,6 +175,9 @@ def echo_platform(encode: Callable[[str], str], header: str = "authorization") -
         case = request.path.split("/")[4]  # /api/v1/runs/{id}[/cancel], /api/v1/jobs/{job}/runs
         status, content_type, body = CASES[case]
         text = echoed(request.headers.get(header, ""), encode)
+        if case == "garbled":
+            conn.send(f"HTTP/1.1 200 OK\r\nX-Echo {text}\r\nContent-Length: 0\r\n\r\n".encode())
+            return False
         headers = {"Content-Type": content_type, "X-Request-Id": text}
         return conn.answer(status, body(text), headers)
 
@@ -407,6 +412,8 @@ def test_the_cli_with_debug_never_prints_the_token(echo: str, config_file: Path)
             run_cli(["wait", "rest:s500", *fast, "--debug"], env),
             run_cli(["--debug", "wait", "rest:busy", *fast, "--json"], env),
             run_cli(["wait", "rest:done", *fast, "--debug"], env),
+            run_cli(["status", "rest:garbled", "--debug"], env),
+            run_cli(["wait", "rest:garbled", *fast, "--debug"], env),
         ]
     assert server.requests
     text = "\n".join(outputs)
