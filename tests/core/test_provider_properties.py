@@ -34,8 +34,9 @@ from runbridge.core.providers.rest import RestProvider
 from runbridge.core.providers.vi import Vi, run_for_key
 from runbridge.core.providers.wandb import WandB, run_id_for_key
 from runbridge.core.webhooks import WebhookError, parse_delivery, sign
+from tests.core.helpers import FakeClock, FlowDriver
 
-EXAMPLES = int(os.environ.get("RUNBRIDGE_FUZZ_EXAMPLES", "120"))
+EXAMPLES = int(os.environ.get("RUNBRIDGE_FUZZ_EXAMPLES", "100"))
 """Examples per test; raise it for a longer hunt (``RUNBRIDGE_FUZZ_EXAMPLES=5000``)."""
 SETTINGS = settings(
     max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -435,33 +436,14 @@ OPS: list[Op] = [
 LAUNCHES = [op for op in OPS if op.creates is not None]
 
 
-class _Answers:
-    """Answer request ``k`` with ``answers[k]``; past the end, with the last one again."""
-
-    def __init__(self, answers: list[Response]) -> None:
-        self.answers = answers
-
-    def __call__(self, k: int) -> Response:
-        return self.answers[min(k, len(self.answers) - 1)]
-
-
 def drive(op: Op, answers: list[Response], *, limit: int = 25) -> tuple[list[Request], Any]:
-    """Step the operation; returns (requests, result). Fails on a runaway exchange."""
-    answer = _Answers(answers)
-    requests: list[Request] = []
-    exchange = op.start()
-    try:
-        request = next(exchange)
-        while True:
-            assert isinstance(request, Request), f"{op} yielded {request!r}"
-            requests.append(request)
-            assert len(requests) <= limit, f"{op} keeps asking: {[r.path for r in requests]}"
-            response = answer(len(requests) - 1)
-            request = exchange.send(dataclasses.replace(response, request=request))
-    except StopIteration as stop:
-        return requests, stop.value
-    finally:
-        exchange.close()
+    """Step the operation with ``FlowDriver`` (tests/core/helpers.py): request ``k`` gets
+    ``answers[k]``, and past the end the last answer again; returns (requests, result). Fails
+    on a runaway exchange (more than ``limit`` requests) and on a provider that sleeps."""
+    driver = FlowDriver(FakeClock(), [*answers, *[answers[-1]] * limit], max_steps=limit)
+    result = driver.run(op.start(), check_all_used=False)
+    assert driver.sleeps == [], f"{op} asked to sleep: providers never read a clock"
+    return driver.requests, result
 
 
 def check_total(op: Op, answers: list[Response]) -> Any:
