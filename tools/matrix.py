@@ -130,6 +130,13 @@ def claimed_pythons() -> list[str]:
     return found
 
 
+def sys_version(exe: str) -> tuple[int, ...]:
+    out = subprocess.run(
+        [exe, "-c", "import sys; print(*sys.version_info[:3])"], capture_output=True, text=True
+    )
+    return tuple(int(x) for x in out.stdout.split()) if out.returncode == 0 else ()
+
+
 def find_python(version: str) -> str:
     """An interpreter of exactly this minor version on the machine (never a download)."""
     env_name = "RUNBRIDGE_PYTHON_" + version.replace(".", "_")
@@ -352,10 +359,25 @@ class Emulator:
 
 
 # -- the report ---------------------------------------------------------------------------------
-def render(rows: list[Row], args: argparse.Namespace, uv_version: str, wall: float) -> str:
+def describe_source(rev: str | None) -> str:
+    """Which code was tested: a commit, or the work tree (with its base commit)."""
+
+    def git(*cmd: str) -> str:
+        proc = subprocess.run(["git", "-C", str(ROOT), *cmd], capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    if rev:
+        return f"commit {git('rev-parse', '--short', rev) or rev}"
+    base = git("rev-parse", "--short", "HEAD") or "?"
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return f"the work tree at {base}" + (" with uncommitted changes" if dirty else "")
+
+
+def render(rows: list[Row], args: argparse.Namespace, context: dict[str, str], wall: float) -> str:
     def fmt(row: Row) -> str:
         return ", ".join(f"{k} {v}" for k, v in row.versions.items())
 
+    installer = "pip" if args.installer == "pip" else "`uv pip install`"
     lines = [
         "# Compatibility",
         "",
@@ -367,18 +389,22 @@ def render(rows: list[Row], args: argparse.Namespace, uv_version: str, wall: flo
         "`airflow providers list` shows the provider, `dag.test()` of a DAG with",
         "`LaunchRunOperator`; Prefect: `prefect block register -m runbridge.prefect_blocks` and a",
         "flow with `launch_and_wait`; Dagster: `dagster definitions validate` and",
-        "materializations). `core` also checks that no orchestrator is importable.",
+        "materializations). `core` also checks that no orchestrator is importable; `all` runs the",
+        "emulator and the three orchestrators' scenarios in one environment.",
         "",
         "- **floor**: the extra's declared requirements given as direct requirements with",
         "  `uv pip install --resolution lowest-direct`, so every declared lower bound is installed",
         "  exactly (the rest at the newest);",
-        f"- **newest**: the newest releases on the index, installed with "
-        f"{'pip' if args.installer == 'pip' else '`uv pip install`'};",
+        f"- **newest**: the newest releases on the index for that Python, installed with {installer};",
+        "- **as-released**: a floor that does not run when resolved today, resolved as of the day",
+        "  after its release (`--exclude-newer`), to show that runbridge itself works with it;",
         "- **core-tests**: the core unit tests and the CLI tests of this checkout, with the",
         "  locked `test` dependency group and the `testing` extra.",
         "",
-        f"Run on {datetime.date.today().isoformat()}, Linux {platform.machine()}, uv {uv_version},",
-        f"{args.jobs} rows at a time on {os.cpu_count()} CPUs, {wall / 60:.1f} min in all.",
+        f"Tested: {context['source']}, runbridge {context['version']}, on "
+        f"{datetime.date.today().isoformat()}; Linux {platform.machine()}, uv {context['uv']}, "
+        f"{context['pythons']}; {args.jobs} rows at a time on {os.cpu_count()} CPUs, "
+        f"{wall / 60:.1f} min in all (times include installing, and other work on the machine).",
         "",
         "| extra | resolution | Python | installed | result | time |",
         "|---|---|---|---|---|---|",
@@ -395,11 +421,24 @@ def render(rows: list[Row], args: argparse.Namespace, uv_version: str, wall: flo
         )
     lines += [
         "",
-        "What the extras declare (pyproject.toml), and so what the floor rows install: "
-        "`runbridge`: `httpx>=0.27`, `click>=8.1`, `rich>=13`; see the table above for the "
-        "floors of each extra. The CI subset (`python3 tools/matrix.py --ci`, a step of "
-        "`python3 dev.py test`) is core-tests on the oldest and newest Python, core at its "
-        "floor on the oldest Python, and each extra at its newest on the newest Python.",
+        "## Notes on the declared ranges",
+        "",
+        "- The floors (`runbridge`: httpx 0.27, click 8.1, rich 13; `testing`: starlette 0.37,",
+        "  uvicorn 0.29; `airflow`: Airflow 3.3.0 with task SDK 1.3.0; `prefect`: Prefect 3.4;",
+        "  `dagster`: Dagster 1.11.0) are what the floor rows install. Prefect's is known not to",
+        "  run when resolved today (an expected failure above, not counted): Prefect releases",
+        "  before 3.9 do not cap FastAPI, and FastAPI 0.155 and later break them. Prefect 3.4.0",
+        "  works as it was released (the as-released rows). The floor is kept at 3.4 so that",
+        "  `pip install 'runbridge[prefect]'` leaves an existing working Prefect alone; raising it to",
+        "  3.9 would also make `runbridge[all]` uninstallable beside Airflow 3.3 (FastAPI < 0.137).",
+        "  See docs/prefect.md.",
+        "- On Python 3.10 the newest Prefect is 3.8.x (3.9 needs Python 3.11), so the `prefect`",
+        "  extra adds `fastapi<0.155` there; without it the newest rows on 3.10 fail.",
+        "- `all` resolves Prefect 3.7.x beside Airflow 3.3 (FastAPI < 0.137), as the lock does.",
+        "",
+        "The CI subset (`python3 tools/matrix.py --ci`, the last step of `python3 dev.py test`):",
+        "core-tests on the oldest and newest Python, core at its floor on the oldest Python, and",
+        "each extra at its newest on the newest Python, installed with `uv pip install`.",
         "",
     ]
     return "\n".join(lines)
@@ -523,8 +562,15 @@ def main(argv: list[str]) -> int:
         print("\n".join(log.splitlines()[-60:]))
     say(f"{len(rows) - len(failed)} passed, {len(failed)} failed in {wall:.1f} s")
     if (args.write or not (args.ci or args.only)) and not args.no_write:
-        uv_version = dev.uv_version(uv) or "?"
-        DOC.write_text(render(rows, args, uv_version, wall), encoding="utf-8")
+        context = {
+            "source": describe_source(args.rev),
+            "version": version,
+            "uv": dev.uv_version(uv) or "?",
+            "pythons": ", ".join(
+                "Python " + ".".join(map(str, sys_version(exe))) for exe in found.values()
+            ),
+        }
+        DOC.write_text(render(rows, args, context, wall), encoding="utf-8")
         say(f"wrote {DOC.relative_to(ROOT)}")
     return 1 if failed else 0
 
