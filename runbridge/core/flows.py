@@ -257,9 +257,11 @@ def wait_steps(
     wall: Callable[[], datetime],
     rand: Callable[[], float],
     emit: Any,
+    max_retry_after: float = RetryPolicy.max_retry_after,
 ) -> WaitSteps:
     """The wait, as semantic steps (see the module docstring). Errors of a step are thrown in;
-    retryable ones are tolerated for ``error_window``; the result is the terminal status."""
+    retryable ones are tolerated for ``error_window``; the result is the terminal status. A
+    platform's Retry-After is honoured up to ``max_retry_after`` seconds (the retry policy's)."""
     options, ref = state.options, state.ref
     while True:
         status: RunStatus | None = None
@@ -289,8 +291,8 @@ def wait_steps(
             if now - state.error_since > options.error_window:
                 raise
             retry_after = getattr(exc, "retry_after", None)
-            if isinstance(retry_after, (int, float)) and retry_after > 0:
-                state.not_before = now + retry_after
+            if isinstance(retry_after, (int, float)) and retry_after > 0:  # not NaN
+                state.not_before = now + min(retry_after, max_retry_after)
             emit("transient_error", ref=ref, error=str(exc), elapsed=now - state.start)
         else:
             state.error_since = None
@@ -715,7 +717,9 @@ class FlowContext:
 
     def perform(self, state: WaitState) -> Flow[RunStatus]:
         """Drive :func:`wait_steps`, turning each semantic step into requests."""
-        steps = wait_steps(state, self.clock, self.wall, self.rand, self.emit)
+        steps = wait_steps(
+            state, self.clock, self.wall, self.rand, self.emit, self.retry.max_retry_after
+        )
         value: Any = None
         error: RunbridgeError | None = None
         try:

@@ -343,6 +343,53 @@ def test_wait_5_against_a_hostile_platform_ends_by_5_5s_on_the_fake_clock(answer
     assert clock.now - 1000.0 <= 5.0 + FINAL_CHECK
 
 
+@pytest.mark.parametrize("retry_after", ["inf", "1e9", "nan", "-5", "Infinity"])
+def test_a_wait_without_a_deadline_honours_retry_after_up_to_the_policy_cap(
+    retry_after: str,
+) -> None:
+    """No wait_timeout: a 429's Retry-After is honoured, but never past the retry policy's
+    ``max_retry_after`` (an infinite one crashed the sync client's sleep and hung the async
+    one; a huge one slept for years)."""
+    clock = FakeClock()
+    policy = RetryPolicy(attempts=1, max_retry_after=120.0)
+    ctx = FlowContext(
+        RestProvider(**REST_CONFIG), policy, clock=clock, wall=clock.wall, rand=lambda: 0.5
+    )
+    limited = reply(429, {"detail": "later"}, headers={"Retry-After": retry_after})
+    done = reply(200, {"run": {"id": "r-1", "status": "succeeded"}})
+    driver = FlowDriver(clock, [limited, limited, done])
+    status = driver.run(ctx.wait(REF, WaitOptions(poll=PollSchedule.fixed(1.0))))
+    assert status.raw_state == "succeeded"
+    assert all(0.0 <= s <= policy.max_retry_after for s in driver.sleeps), driver.sleeps
+
+
+@pytest.mark.anyio
+async def test_an_infinite_retry_after_neither_crashes_nor_hangs_a_wait(connect: Connect) -> None:
+    limited = hostile.json_reply(429, {"detail": "later"}, {"Retry-After": "inf"})
+    done = hostile.json_reply(200, {"run": {"id": "r-1", "status": "succeeded"}})
+    answers = [limited, limited]
+
+    def platform(conn: hostile.Conn, request: hostile.Received) -> bool:
+        return (answers.pop(0) if answers else done)(conn, request)
+
+    policy = RetryPolicy(attempts=1, max_retry_after=0.3)
+    outcomes = await asyncio.wait_for(
+        side_by_side(
+            connect,
+            {"inf": platform},
+            "wait",
+            "rest:r-1",
+            retry=policy,
+            poll=PollSchedule.fixed(0.05),
+        ),
+        10.0,
+    )
+    (result, seconds, _) = outcomes["inf"]
+    assert not isinstance(result, BaseException), repr(result)
+    assert result.raw_state == "succeeded"
+    assert seconds < 3.0
+
+
 # -- the sync client's deadline-reading network backend -------------------------------------------
 def test_sync_deadline_backend_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     """client.py's ``_deadline_client`` wraps httpx's private ``Client._transport`` /
