@@ -630,8 +630,17 @@ class AsyncRunClient(_BaseClient):
                     return await self._exchange(request)
             finally:
                 self._long_polls -= 1
-        async with self._in_flight, _time_limit(budget):
-            return await self._exchange(request)
+        # the time limit covers the wait for a slot too: a request queued behind hanging ones
+        # (of longer waits) still ends by its own deadline
+        queued = True
+        try:
+            async with _time_limit(budget), self._in_flight:
+                queued = False
+                return await self._exchange(request)
+        except httpx.ReadTimeout:
+            if queued:  # never sent: safe to send again, even a POST
+                raise httpx.PoolTimeout("no request slot came free in time") from None
+            raise
 
     async def _drive(self, flow: Flow[T], save: SaveRecord | None = None) -> T:
         try:

@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from runbridge.core import (
+    AsyncRunClient,
     LaunchUncertain,
     PlatformUnavailable,
     PollSchedule,
@@ -202,6 +203,51 @@ async def test_a_short_error_window_ends_a_5xx_storm_with_the_platform_error(
     )
     check_all(outcomes, PlatformUnavailable, WAIT + SLACK)
     assert "overloaded" in str(outcomes["503 storm"][0])
+
+
+@pytest.mark.anyio
+async def test_a_wait_queued_behind_hanging_requests_still_ends_by_its_deadline() -> None:
+    """The async client caps requests in flight (``max_in_flight``); a wait whose check queues
+    for a slot held by hanging requests of longer waits must still end by its own deadline."""
+    with hostile.HostileServer(hostile.hang) as server:
+        async with AsyncRunClient("rest", server.url, max_in_flight=1, **REST_CONFIG) as client:
+            holder = asyncio.create_task(client.wait("rest:r-1", 30.0))
+            while not server.count():  # the long wait's request holds the one slot
+                await asyncio.sleep(0.01)
+            start = time.monotonic()
+            with pytest.raises(WaitTimeout):  # (wait_for: a TimeoutError, never a hang)
+                await asyncio.wait_for(client.wait("rest:r-2", WAIT), WAIT + 5.0)
+            elapsed = time.monotonic() - start
+            holder.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await holder
+    assert elapsed < WAIT + SLACK, f"took {elapsed:.2f}s"
+    assert client._in_flight._value == 1  # every slot given back
+
+
+@pytest.mark.anyio
+async def test_a_launch_that_never_got_a_slot_is_known_not_sent() -> None:
+    """Queued for a request slot (held here by the test, as by hanging requests) until its
+    time ran out, a launch never left: a TransportError with ``sent=False`` (safe to launch
+    again), not a LaunchUncertain."""
+    with hostile.HostileServer(hostile.hang) as server:
+        async with AsyncRunClient(
+            "rest",
+            server.url,
+            max_in_flight=1,
+            request_timeout=0.3,
+            retry=RetryPolicy(attempts=2, first=0.0, jitter=0.0),
+            **REST_CONFIG,
+        ) as client:
+            async with client._in_flight:  # every slot taken
+                start = time.monotonic()
+                with pytest.raises(TransportError) as info:  # (wait_for: fail, never hang)
+                    await asyncio.wait_for(client.launch({"job": "etl"}), 5.0)
+                elapsed = time.monotonic() - start
+            assert client._in_flight._value == 1
+    assert info.value.sent is False and info.value.timeout
+    assert server.count() == 0
+    assert elapsed < 2 * 0.3 + 0.5
 
 
 # -- run_timeout against a cancel endpoint that hangs --------------------------------------------
