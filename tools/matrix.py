@@ -65,8 +65,9 @@ RESOLUTIONS = ("floor", "newest")
 # the local wheel is not affected), which shows that runbridge itself works with it.
 KNOWN_BROKEN_FLOORS = {
     "prefect": (
-        "Prefect < 3.9 does not bound fastapi and its other dependencies; resolved today they "
-        "break it (recent fastapi has no Body(min_items=...)); see docs/prefect.md"
+        "Prefect < 3.9 does not cap its dependencies, and resolved today they break it: "
+        "FastAPI >= 0.155 has no Body(min_items=...), and with FastAPI capped (Python 3.10) "
+        "Prefect 3.4.0 misses importlib_metadata; see docs/prefect.md"
     ),
 }
 AS_RELEASED = {"prefect": ("3.4", "2025-05-04")}  # prefect 3.4.0 was uploaded on 2025-05-02
