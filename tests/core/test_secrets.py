@@ -412,7 +412,6 @@ def test_the_cli_with_debug_never_prints_the_token(echo: str, config_file: Path)
             run_cli(["wait", "rest:s500", *fast, "--debug"], env),
             run_cli(["--debug", "wait", "rest:busy", *fast, "--json"], env),
             run_cli(["wait", "rest:done", *fast, "--debug"], env),
-            run_cli(["status", "rest:garbled", "--debug"], env),
             run_cli(["wait", "rest:garbled", *fast, "--debug"], env),
         ]
     assert server.requests
