@@ -65,12 +65,7 @@ class Sample:
 
 # Samples known to fail, until their owners update them: (path, first line) -> why. The file's
 # other samples still run; such a sample must fail (one that runs again must leave this table).
-XFAIL: dict[tuple[str, str], str] = {
-    ("README.md", "from runbridge import RunClient, RunState"): (
-        "the 30-second tour calls client.wait(ref, timeout=3600); the keyword is now "
-        "wait_timeout (the core's rename; the tour is the core owners' text)"
-    ),
-}
+XFAIL: dict[tuple[str, str], str] = {}
 
 # Samples in files this suite does not own the text of, not runnable here: (path, first line)
 # -> reason. Prefer a `<!-- no-test: reason -->` marker in the Markdown itself.

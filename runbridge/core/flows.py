@@ -560,13 +560,16 @@ class FlowContext:
             raise ConfigError(f"limit must be a positive integer or None, got {limit!r}")
         return (yield from self.run(self.provider.list_runs(limit=limit, **filters)))
 
-    def cancel(self, ref: RunRef) -> Flow[None]:
+    def cancel(self, ref: RunRef, *, retry_unreadable: bool = False) -> Flow[None]:
         ref = self.provider.check_ref(ref)
         self.ref = self.ref or ref
         if not self.provider.supports_cancel:
             raise NotSupported(f"{self.platform} runs cannot be cancelled over its API")
         self.emit("cancel_requested", ref=ref)
-        yield from self.run(self.provider.cancel(ref))
+        if retry_unreadable:  # a cancel is idempotent: an unreadable answer is sent again
+            yield from self.run_retrying(lambda: self.provider.cancel(ref), "cancel")
+        else:
+            yield from self.run(self.provider.cancel(ref))
 
     def _find(self, spec: LaunchSpec) -> Flow[RunRef | None]:
         return (yield from self.run_retrying(lambda: self.provider.find(spec), "find"))
@@ -742,7 +745,7 @@ class FlowContext:
                     elif isinstance(step, Join):
                         value = yield from self._join(step)
                     else:
-                        yield from self.cancel(step.ref)
+                        yield from self.cancel(step.ref, retry_unreadable=True)
                 except RunbridgeError as exc:
                     error = exc
         finally:

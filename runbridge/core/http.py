@@ -93,7 +93,7 @@ class Response:
         """The decoded JSON body; a body that is not JSON raises ProtocolError."""
         try:
             return json.loads(self.content)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             where = f" to {self.request.method} {self.request.path}" if self.request else ""
             excerpt = self.text[:200]
             raise ProtocolError(
