@@ -192,25 +192,10 @@ class Skip:
 
 
 # -- known bugs the soak found (see the report of issue 12) --------------------------------------
-VI_UNREADABLE = (
-    "providers/vi.py Vi.launch: a 2xx answer it cannot read (to the GET before the PUT, or to "
-    "the PUT) is taken as the run existing; after a proxy's 200 garbage nothing was created and "
-    "the wait fails RunNotFound (should be unreadable_launch: the flow then finds by key)"
-)
-FLYTE_UNREADABLE = (
-    "providers/flyte.py Flyte._created: an unreadable 2xx CreateRun answer is taken as the run "
-    "created under its key-derived name; after a proxy's 200 garbage nothing was and the wait "
-    "fails RunNotFound (should be unreadable_launch: the flow then finds by key)"
-)
 LATE_LAUNCH = (
     "core/flows.py FlowContext.launch (with providers/{platform}.py): a launch request slower "
     "than request_timeout still lands after the client gave up; the flow finds by key at once "
     "(nothing yet), launches again, and the late request then lands too: {what}"
-)
-LANGGRAPH_THREAD = (
-    "providers/langgraph.py LangGraph.launch: a 2xx answer to POST /threads is taken as the "
-    'thread created whatever its body ("only the status matters"); after a proxy\'s 200 '
-    "garbage no thread exists, the run POST gets 404 and the launch fails RunNotFound"
 )
 WANDB_FIRST_100 = (
     "providers/wandb.py WandB.find: lists only runQueueItems(first: 100) of the queue (no paging); "
@@ -391,14 +376,6 @@ SOAKS: dict[str, PlatformSoak] = {
             ),
             skips=[
                 Skip(
-                    LANGGRAPH_THREAD,
-                    lambda f, r: (
-                        f.label == "malformed before"
-                        and r.method == "POST"
-                        and r.path == "/threads"
-                    ),
-                ),
-                Skip(
                     LATE_LAUNCH.format(
                         platform="langgraph",
                         what="a second run on the key's thread when the relaunched run has "
@@ -431,12 +408,7 @@ SOAKS: dict[str, PlatformSoak] = {
             tokens=lambda key: [run_name_for_key(key)],
             is_launch=lambda r: r.path.endswith("/CreateRun"),
             launched=_flyte_launched,
-            skips=[
-                Skip(
-                    FLYTE_UNREADABLE,
-                    lambda f, r: f.label == "malformed before" and r.path.endswith("/CreateRun"),
-                )
-            ],
+            skips=[],
         ),
         PlatformSoak(
             name="wandb",
@@ -498,15 +470,6 @@ SOAKS: dict[str, PlatformSoak] = {
                 emu.runs.values(), lambda run: (run.data.get("attributes") or {}).get(VI_KEY)
             ),
             skips=[
-                Skip(
-                    VI_UNREADABLE,
-                    lambda f, r: (
-                        f.kind == "malformed"
-                        and r.method in ("GET", "PUT")
-                        and "/runs/" in r.path
-                        and (f.when == "before" or r.method == "GET")
-                    ),
-                ),
                 Skip(
                     LATE_LAUNCH.format(
                         platform="vi", what="its PUT replaces the run the relaunch created"

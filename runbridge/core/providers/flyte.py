@@ -620,8 +620,8 @@ class Flyte(Provider):
             raise self.error_for(response)
         try:
             created = response.json()
-        except ProtocolError:
-            created = None
+        except ProtocolError:  # proves nothing: the launch flow looks the run name up
+            raise unreadable_launch(self.name, "cannot be read", response, run_id=name) from None
         run_id = mapping(mapping(mapping(mapping(created).get("run")).get("action")).get("id"))
         identifier = mapping(run_id.get("run"))
         named = text(identifier.get("name")) or name

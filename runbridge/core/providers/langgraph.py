@@ -153,11 +153,11 @@ class LangGraph(Provider):
             thread: dict[str, Any] = {"thread_id": thread_id, "if_exists": "do_nothing"}
             if spec.key:
                 thread["metadata"] = {METADATA_KEY: spec.key}
-            # Safe to resend: the id is ours and an existing thread is left as it is. Only the
-            # status matters: the thread is ours whatever the body says.
+            # Safe to resend: the id is ours and an existing thread is left as it is. An answer
+            # that cannot be read proves nothing (a ProtocolError: the launch flow looks the
+            # key up, then sends it again).
             created: Response = yield Request("POST", "/threads", json=thread, retry=True)
-            if not created.ok:
-                raise self.error_for(created)
+            self.decipher(created)
             body.setdefault("multitask_strategy", "reject")
         response = yield Request("POST", f"/threads/{_segment(thread_id)}/runs", json=body)
         return self._launched(response, thread_id)

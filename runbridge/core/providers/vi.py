@@ -38,7 +38,7 @@ from ..errors import ConfigError, PlatformError, ProtocolError
 from ..http import Exchange, Request, Response
 from ..models import LaunchSpec, RunRef, RunStatus, parse_time
 from ..states import RunState
-from ._parse import excerpt, ident, mapping, text
+from ._parse import excerpt, ident, mapping, text, unreadable_launch
 from .base import Provider
 
 __all__ = ["STATES", "Vi", "run_for_key"]
@@ -255,13 +255,14 @@ class Vi(Provider):
 
     def _launched(self, response: Response, org: str, run_id: str) -> RunRef:
         """The run a 2xx answer about ``run_id`` (the id runbridge chose) reports, as the server
-        names it; an answer that cannot be read still means that run exists under that id."""
+        names it. An answer that cannot be read proves nothing (a proxy's garbage page): a
+        ProtocolError, which the launch flow treats as a lost answer (it looks the id up)."""
         if not response.ok:
             raise self.error_for(response)
         try:
             run = response.json()
         except ProtocolError:
-            run = None
+            raise unreadable_launch(self.name, "cannot be read", response, run_id=run_id) from None
         org = text(mapping(run).get("workspaceId")) or org
         return RunRef(
             self.name, ident(mapping(run).get("runId")) or run_id, {"organization_id": org}
