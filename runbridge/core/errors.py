@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from .models import RunStatus
 
 __all__ = [
-    "TRANSIENT",
     "AuthError",
     "BadRequest",
     "ConfigError",
@@ -221,15 +220,6 @@ def error_for_status(status_code: int) -> type[PlatformError]:
     if status_code >= 500:
         return PlatformUnavailable
     return BadRequest if 400 <= status_code < 500 else PlatformError
-
-
-TRANSIENT: tuple[type[RunbridgeError], ...] = (
-    TransportError,
-    PlatformUnavailable,
-    RateLimited,
-    ProtocolError,
-)
-"""The classes that are retryable by default (what a wait tolerates for its error window)."""
 
 
 def retryable(exc: BaseException) -> bool:

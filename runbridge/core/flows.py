@@ -36,7 +36,6 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any, Literal, TypeVar, Union
 
-from .errors import TRANSIENT as TRANSIENT
 from .errors import (
     ConfigError,
     Conflict,
