@@ -17,9 +17,10 @@ awaitable face so one test body covers both.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -239,3 +240,25 @@ def make_client(
     assert kind == "async", kind
     ahttp = httpx.AsyncClient(transport=transport) if transport is not None else None  # type: ignore[arg-type]
     return ClientUnderTest(AsyncRunClient(platform, base_url, token, client=ahttp, **kwargs), ahttp)
+
+
+@contextlib.asynccontextmanager
+async def rest_clients(
+    kind: str, token: str | None = None
+) -> AsyncIterator[Callable[..., ClientUnderTest]]:
+    """``make(server, **options)``: a ``rest`` client of ``kind`` against ``server.url`` (the
+    example API of ``runbridge.testing.rest``), with the client's own defaults unless
+    ``options`` say otherwise; every client made is closed on exit."""
+    from runbridge.testing.rest import REST_CONFIG
+
+    made: list[ClientUnderTest] = []
+
+    def make(server: Any, **options: Any) -> ClientUnderTest:
+        made.append(make_client(kind, "rest", server.url, token, **{**REST_CONFIG, **options}))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for client in made:
+            await client.close()

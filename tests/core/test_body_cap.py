@@ -14,16 +14,14 @@ import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import pytest
 
 from runbridge.core import PollSchedule, ProtocolError, RetryPolicy, RunState, TransportError
 from runbridge.core.config import DEFAULT_MAX_BODY
-from runbridge.testing.rest import REST_CONFIG
 
 from . import hostile
-from .helpers import ClientUnderTest, make_client
+from .helpers import ClientUnderTest, rest_clients
 
 MB = 1_000_000
 HUGE = 50 * MB
@@ -40,17 +38,8 @@ Connect = Callable[..., ClientUnderTest]
 
 @pytest.fixture
 async def connect(kind: str) -> AsyncIterator[Connect]:
-    made: list[ClientUnderTest] = []
-
-    def connect(server: hostile.HostileServer, **options: Any) -> ClientUnderTest:
-        made.append(
-            make_client(kind, "rest", server.url, "tok-0123456789", **REST_CONFIG, **options)
-        )
-        return made[-1]
-
-    yield connect
-    for client in made:
-        await client.close()
+    async with rest_clients(kind, "tok-0123456789") as make:
+        yield make
 
 
 class Peak:

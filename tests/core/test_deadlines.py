@@ -41,7 +41,7 @@ from runbridge.core.providers.rest import RestProvider
 from runbridge.testing.rest import REST_CONFIG
 
 from . import hostile
-from .helpers import ClientUnderTest, FakeClock, FlowDriver, make_client, reply, took
+from .helpers import ClientUnderTest, FakeClock, FlowDriver, reply, rest_clients, took
 
 TOKEN = "deadline-test-token-0123456789"
 REF = RunRef("rest", "r-1")
@@ -66,15 +66,8 @@ Connect = Callable[..., ClientUnderTest]
 async def connect(kind: str) -> AsyncIterator[Connect]:
     """``connect(server, **options)``: a client of ``kind`` for the rest platform, with the
     client's own defaults (request timeout, retries, polling) unless the test says otherwise."""
-    made: list[ClientUnderTest] = []
-
-    def connect(server: hostile.HostileServer, **options: Any) -> ClientUnderTest:
-        made.append(make_client(kind, "rest", server.url, TOKEN, **{**REST_CONFIG, **options}))
-        return made[-1]
-
-    yield connect
-    for client in made:
-        await client.close()
+    async with rest_clients(kind, TOKEN) as make:
+        yield make
 
 
 # -- running attacks side by side ---------------------------------------------------------------

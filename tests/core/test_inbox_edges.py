@@ -31,7 +31,7 @@ from runbridge.core import (
 from runbridge.testing.rest import REST_CONFIG
 
 from . import hostile
-from .helpers import ClientUnderTest, make_client
+from .helpers import ClientUnderTest, make_client, rest_clients
 
 REF = RunRef("rest", "r-1")
 FORGED = RunStatus(REF, RunState.SUCCEEDED, "succeeded")
@@ -52,15 +52,8 @@ Connect = Callable[..., ClientUnderTest]
 
 @pytest.fixture
 async def connect(kind: str) -> AsyncIterator[Connect]:
-    made: list[ClientUnderTest] = []
-
-    def connect(server: hostile.HostileServer, inbox: Inbox, **options: Any) -> ClientUnderTest:
-        made.append(make_client(kind, "rest", server.url, inbox=inbox, **REST_CONFIG, **options))
-        return made[-1]
-
-    yield connect
-    for client in made:
-        await client.close()
+    async with rest_clients(kind) as make:
+        yield lambda server, inbox, **options: make(server, inbox=inbox, **options)
 
 
 def scheduled_checks(seconds: float, interval: float) -> int:
