@@ -206,6 +206,63 @@ class ClientConfig:
             **self.options,
         }
 
+    def check_connection(self, *, timeout: float = 10.0) -> tuple[bool, str]:
+        """Reach the platform with this URL and token, once, and say in one line what happened:
+        ``(True, "Connected to ...")`` only when an answer only the platform's API gives came
+        back (the provider's probe, ``runbridge.core.providers.probes``). Where the platform
+        has no probe, a lookup of a run that does not exist must answer "not found", and the
+        message says a wrong base path would answer the same. Never shows the token."""
+        from .errors import (
+            AuthError,
+            BadRequest,
+            PlatformError,
+            ProtocolError,
+            RunbridgeError,
+            RunNotFound,
+        )
+        from .providers.probes import PROBE_ID, probe
+
+        try:
+            client = self.client(retry=RetryPolicy.none(), request_timeout=timeout)
+        except RunbridgeError as exc:
+            return False, f"Bad connection: {exc}"
+        with client:
+            where = client.redact(f"{self.platform} at {self.base_url}")
+            provider = client.provider
+            try:
+                try:
+                    exchange = probe(provider)
+                    if exchange is not None:
+                        proof = client._drive(client._flows().run(exchange))
+                        return True, client.redact(f"Connected to {where}: {proof}.")
+                except ConfigError:  # NotSupported too: the probe needs an option this
+                    pass  # connection lacks (Vi's organization_id): look a run up instead
+                scope = {key: PROBE_ID for key in provider.ref_scope}
+                try:
+                    client.get(client.ref(PROBE_ID, **scope))
+                except RunNotFound as exc:
+                    return True, client.redact(
+                        f"Reached {where}: a lookup of a run that does not exist answered "
+                        f"'not found' (HTTP {exc.status_code}), as it should; {self.platform} "
+                        "has no answer that proves the base URL, so a wrong base path would "
+                        "answer the same: check it if runs are not found later."
+                    )
+                return False, client.redact(
+                    f"Could not use {where}: a run that should not exist was found "
+                    "(wrong base URL?)"
+                )
+            except AuthError as exc:
+                return False, client.redact(f"{where} refused the token: {exc}")
+            except (ProtocolError, BadRequest, RunNotFound) as exc:  # probes.WrongAPI too
+                return False, client.redact(f"Could not use {where} (wrong base URL?): {exc}")
+            except ConfigError as exc:
+                return False, client.redact(f"Bad connection: {exc}")
+            except PlatformError as exc:
+                hint = " (wrong base URL?)" if exc.status_code in (404, 405) else ""
+                return False, client.redact(f"Could not use {where}{hint}: {exc}")
+            except RunbridgeError as exc:
+                return False, client.redact(f"Could not use {where}: {exc}")
+
     def client(self, **overrides: Any) -> RunClient:
         """A new :class:`~runbridge.RunClient`; ``overrides`` replace client arguments."""
         from .client import RunClient
