@@ -280,10 +280,13 @@ async def _cancel_killed(client: AsyncRunClient, ref: RunRef, log: Any, why: Bas
     (anyio's scopes and asyncio's own), bounded by ``CANCEL_TIMEOUT``. Once cancelled, the
     run is recorded as such, so a retry of the task launches a new run."""
 
-    stopped = (
-        f"Stopped from outside ({type(why).__name__}: a cancelled flow run, a timeout or an "
-        "interrupt)"
-    )
+    if isinstance(why, TaskRunCancelled):
+        stopped = "The flow run was cancelled"
+    else:
+        stopped = (
+            f"Stopped from outside ({type(why).__name__}: a cancelled flow run, a timeout or an "
+            "interrupt)"
+        )
 
     async def cancel_it() -> None:
         try:
