@@ -1016,13 +1016,13 @@ def emulate(
 
 def _control_options(emulator: Any, scripts: Sequence[str], faults: Sequence[str]) -> None:
     """Apply ``emulate``'s ``--script`` and ``--fault`` options (the control API's parsing)."""
-    from .testing._control import ControlError, parse_faults, parse_scripts
+    from .testing._control import ControlError, load_json, parse_faults, parse_scripts
 
     def load(option: str, text: str) -> Any:
         try:
-            return json.loads(text)
-        except ValueError as exc:
-            raise ConfigError(f"{option} is not valid JSON ({exc}): {text[:80]!r}") from None
+            return load_json(text)
+        except ControlError as exc:
+            raise ConfigError(f"{option}: {exc.problem}: {text[:80]!r}") from None
 
     try:
         for text in scripts:

@@ -22,6 +22,7 @@ This module holds the parsing (shared by the HTTP handler and the ``emulate`` co
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -74,6 +75,20 @@ class ControlError(ValueError):
         super().__init__(f"{field}: {problem}" if field else problem)
         self.field = field
         self.problem = problem
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def load_json(text: str | bytes) -> Any:
+    """Strict JSON (no NaN or Infinity, which no platform answer could carry), or a
+    :class:`ControlError`."""
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        reason = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+        raise ControlError("", f"the body is not valid JSON ({reason[:120]})") from None
 
 
 def route(method: str, pattern: str) -> Callable[[RecordedRequest], bool]:

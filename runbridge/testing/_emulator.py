@@ -555,10 +555,7 @@ class Emulator:
         try:
             parsed: Any = None
             if method == "POST" and body.strip():
-                try:
-                    parsed = json.loads(body)
-                except (ValueError, RecursionError):
-                    raise _control.ControlError("", "the body is not valid JSON") from None
+                parsed = _control.load_json(body)
             status, answer = self._control_action(method, path, parsed)
         except _control.ControlError as exc:
             status, answer = 400, {"detail": str(exc), "field": exc.field}
