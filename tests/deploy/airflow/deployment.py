@@ -73,6 +73,8 @@ class Process:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    job_id: int | None = None
+    """The Airflow job id of a triggerer (its row in the ``job`` table)."""
 
     @property
     def pid(self) -> int:
@@ -219,20 +221,51 @@ class AirflowDeployment:
         self.spawn("api-server", "api-server", "--host", "127.0.0.1", "--port", str(self.port))
         self.spawn("scheduler", "scheduler")
         self.spawn("dag-processor", "dag-processor")
-        self.start_triggerer()
+        first = self._spawn_triggerer()
         self.wait_healthy(deadline=began + timeout)
+        first.job_id = self._new_triggerer_job(set(), deadline=began + timeout)
         self.started_in = time.monotonic() - began
 
-    def start_triggerer(self) -> Process:
-        """Start one more triggerer (``triggerer``, ``triggerer-2``...), with its own log port."""
+    def _spawn_triggerer(self) -> Process:
         self._triggerers += 1
         name = "triggerer" if self._triggerers == 1 else f"triggerer-{self._triggerers}"
         return self.spawn(
             name, "triggerer", AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port())
         )
 
+    def start_triggerer(self, timeout: float = 120.0) -> Process:
+        """Start one more triggerer (``triggerer-2``...), with its own log port; return once
+        it runs, with its job id."""
+        known = {int(job["id"]) for job in self.triggerer_jobs()}
+        process = self._spawn_triggerer()
+        process.job_id = self._new_triggerer_job(known, deadline=time.monotonic() + timeout)
+        return process
+
+    def triggerer_jobs(self) -> list[dict[str, Any]]:
+        """Every triggerer job the database knows (running or ended)."""
+        answer = self.api("GET", "/jobs", params={"job_type": "TriggererJob", "limit": 100})
+        return list(answer.json()["jobs"])
+
+    def _new_triggerer_job(self, known: set[int], deadline: float) -> int:
+        found: list[int] = []
+
+        def started() -> bool:
+            found[:] = [
+                int(job["id"])
+                for job in self.triggerer_jobs()
+                if int(job["id"]) not in known and job.get("state") == "running"
+            ]
+            return bool(found)
+
+        self._until(deadline, "a new triggerer job", started)
+        return max(found)
+
     def triggerers(self) -> list[Process]:
+        """The triggerer processes still alive."""
         return [p for n, p in self.processes.items() if n.startswith("triggerer") and p.alive()]
+
+    def triggerer_for_job(self, job_id: int) -> Process | None:
+        return next((p for p in self.triggerers() if p.job_id == job_id), None)
 
     def wait_healthy(self, deadline: float, dag_ids: Iterable[str] = ()) -> None:
         self._until(deadline, "the deployment to be healthy", self._healthy)
