@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,3 +108,79 @@ def test_record_appends_json_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         ("success", "rest", "pass", ""),
         ("failure", "vi", "fail", "boom"),
     ]
+
+
+CELL_TEST = """
+import pytest
+from tests.deploy import matrix
+
+
+@pytest.mark.parametrize("platform", ["rest"])
+@pytest.mark.parametrize("row", [matrix.row("success"), matrix.row("failure")], ids=matrix.row_id)
+@pytest.mark.matrix_cell("prefect-task")
+def test_cell(row, platform):
+    assert row.id == "success", "the scripted failure"
+
+
+@pytest.mark.matrix_cell("dagster-op", "terminate")
+def test_skipped():
+    pytest.skip("no deployment here")
+"""
+
+
+def test_cells_are_recorded_and_rendered(tmp_path: Path) -> None:
+    """The report hook records each marked cell's outcome (a pytest process of its own, with
+    this folder's conftest), and tools/reliability.py renders them."""
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "conftest.py").write_text(
+        "from tests.deploy.conftest import pytest_configure, pytest_runtest_makereport\n"
+    )
+    (tmp_path / "test_cells.py").write_text(CELL_TEST)
+    cells = tmp_path / "cells.jsonl"
+    env = {**os.environ, "RUNBRIDGE_MATRIX_OUT": str(cells), "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout[-2000:]
+    lines = [json.loads(line) for line in cells.read_text().splitlines()]
+    got = {(c["column"], c["row"], c["platform"], c["outcome"]) for c in lines}
+    assert got == {
+        ("prefect-task", "success", "rest", "pass"),
+        ("prefect-task", "failure", "rest", "fail"),
+        ("dagster-op", "terminate", "?", "skip"),
+    }
+    assert "the scripted failure" in next(c["detail"] for c in lines if c["outcome"] == "fail")
+    out = tmp_path / "reliability.md"
+    rendered = subprocess.run(
+        [
+            sys.executable,
+            str(root / "tools" / "reliability.py"),
+            "--cells",
+            str(cells),
+            "--platforms",
+            "rest,lume",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert rendered.returncode == 1, rendered.stdout + rendered.stderr  # a failed cell
+    text = out.read_text()
+    rest = text.split("## rest", 1)[1].split("## lume", 1)[0]
+    assert (
+        "| `success` | not run | not run | not run | pass | not run | not run | not run |" in rest
+    )
+    assert "| `failure` | not run | not run | not run | **FAIL** | not run |" in rest
+    assert "| `clear` | not run | not run | not run | n/a | n/a | n/a | n/a |" in rest
+    lume = text.split("## lume", 1)[1].split("## Failures", 1)[0]
+    assert "| `run_timeout` | n/a | n/a | n/a | n/a | n/a | n/a | n/a |" in lume
+    assert "### rest / `failure` / prefect-task" in text and "the scripted failure" in text
