@@ -450,3 +450,31 @@ def test_emulate_refuses_bad_options_at_once(option: str, value: str, says: str)
     result = CliRunner().invoke(cli, ["emulate", "--platform", "rest", option, value])
     assert result.exit_code == 2, result.output
     assert says in result.output and "Traceback" not in result.output
+
+
+ERROR_TYPES = {
+    "langgraph": "QuotaError",
+    "flyte": "KIND_SYSTEM",
+    "vi": "OOMKilled",
+    "lume": "E_QUOTA",
+}
+SHOWN = {"langgraph": "QuotaError", "flyte": "system error", "vi": "OOMKilled", "lume": "E_QUOTA"}
+
+
+def test_a_scripts_error_type_reaches_the_message_where_the_platform_has_one(
+    emu: Emulator, control: EmulatorControl, client: RunClient
+) -> None:
+    """rest and W&B have no place for an error type (docs/testing.md); the others show it."""
+    if emu.platform not in ERROR_TYPES:
+        pytest.skip(f"{emu.platform} runs carry no error type")
+    control.script(
+        {
+            "steps": [["running", 0.1]],
+            "final": "failed",
+            "message": MESSAGE,
+            "error_type": ERROR_TYPES[emu.platform],
+        }
+    )
+    status = client.wait(client.launch(params(emu)), 20)
+    assert status.state is RunState.FAILED
+    assert SHOWN[emu.platform] in (status.message or "") and MESSAGE in (status.message or "")
