@@ -329,7 +329,8 @@ class _CellRun:
             control.inject_all(*faults)
 
         conf = self._conf()
-        runs = [self.af.trigger(self.dag_id, conf) for _ in range(copies)]
+        slug = f"{self.row.id}__{self.column}__{self.cell.platform}__{time.time_ns()}"
+        runs = [self.af.trigger(self.dag_id, conf, f"{slug}__{n}") for n in range(copies)]
         self.result.dag_runs = runs
         action = self._action()
         if action is not None:

@@ -28,7 +28,9 @@ def _cells() -> Iterator[Any]:
             for platform in matrix.platforms():
                 if not matrix.applies(row, column, platform):
                     continue
-                marks = [pytest.mark.matrix_cell(column, row.id)]
+                # the first test waits for the deployment too; the triggerer rows for every
+                # other cell
+                marks = [pytest.mark.matrix_cell(column, row.id), pytest.mark.timeout(1200)]
                 reason = KNOWN_DEFECTS.get((column, row.id))
                 if reason:
                     marks.append(pytest.mark.xfail(strict=True, reason=reason))
