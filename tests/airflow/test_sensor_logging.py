@@ -35,7 +35,7 @@ def poke_rescheduled(run_id: str, store: Store, try_number: int = 1, **kwargs: A
         task_id="sense", runbridge_conn_id="rb_rest", run=run_id, mode="reschedule", **kwargs
     )
     with structlog.testing.capture_logs() as logs:
-        sensor.poke(context(store, try_number))
+        sensor.poke(context(store, try_number))  # type: ignore[arg-type]
     if sensor._client is not None:
         sensor._client.close()
     return [str(entry["event"]) for entry in logs if entry.get("log_level") == "info"]
