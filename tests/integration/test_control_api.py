@@ -141,6 +141,8 @@ def test_a_launch_fault_after_the_effect_leaves_one_run(
         assert status.state is RunState.SUCCEEDED
     record = control.record()
     assert record["launches"] == 1 and len(record["runs"]) == 1
+    if emu.platform == "rest":  # resent with its Idempotency-Key: two requests, one run
+        assert record["runs"][0]["key"] == key and record["runs"][0]["launch_requests"] == 2
     (met,) = record["faults_met"]
     assert met["label"] == "drop after on launch" and met["answered"] is not None
     assert record["faults_pending"] == []
