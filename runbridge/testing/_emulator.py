@@ -498,6 +498,7 @@ class Emulator:
             wall = time.time()
             self.refresh(now)
             texts = self._launch_texts()
+            words = {raw: word for word, raw in list(self.script_words.items())[::-1] if raw}
             runs = []
             for run in list(self.runs.values()):
                 raw, done = self.run_view(run, now)
@@ -508,6 +509,7 @@ class Emulator:
                         "id": run.id,
                         "key": key,
                         "state": raw,
+                        "word": words.get(raw),
                         "finished": done,
                         "cancelled": run.cancelled is not None,
                         "started": wall - (now - started),

@@ -102,8 +102,9 @@ def test_a_scripted_long_run_is_seen_running(
 ) -> None:
     control.script(LONG)
     ref = client.launch(params(emu))
-    run = control.wait_for_state(None, 10, states=(running(emu),))
+    run = control.wait_for_state(None, 10, states=("running",))  # the generic word
     assert run["finished"] is False
+    assert (run["state"], run["word"]) == (running(emu), "running")
     time.sleep(0.3)
     status = client.get(ref)
     assert status.state is RunState.RUNNING
