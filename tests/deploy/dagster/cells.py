@@ -41,14 +41,14 @@ TOKEN_ENV = "RUNBRIDGE_DEPLOY_TOKEN"
 JOBS = {"dagster-op": ("op_job", "external"), "dagster-asset": ("asset_job", "external_asset")}
 """Column -> (job, the step's op name: where its run config goes)."""
 CLIENT = {
-    "poll_interval": 0.1,
+    "poll_interval": 0.25,
     "poll_backoff": 1.0,
-    "poll_max_interval": 0.25,
+    "poll_max_interval": 0.5,
     "request_timeout": 5.0,
     "request_attempts": 5,
     "error_window": 60.0,
 }
-"""Resource fields of every cell: poll every 100-250 ms."""
+"""Resource fields of every cell: poll every 250-500 ms (runs last 2 s and more)."""
 RUNS_AT_ONCE = {"terminate": 2}
 """Rows whose cell starts several Dagster runs (terminated together)."""
 RETRIED = frozenset({"worker_sigkill", "crash_before_record"})
@@ -220,7 +220,10 @@ def run_cell(
         control.inject(kind="delay", seconds=20.0, when="after", on="launch")
     job, _ = JOBS[cell.column]
     config = run_config(cell, server, **options)
-    run_ids = [deployment.submit(job, run_config=config, tags=tags) for _ in range(n)]
+    with ThreadPoolExecutor(n) as submitting:  # several runs: submitted at once too
+        run_ids = list(
+            submitting.map(lambda _: deployment.submit(job, run_config=config, tags=tags), range(n))
+        )
 
     act(deployment, server, cell, run_ids)
 
