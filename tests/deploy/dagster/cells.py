@@ -54,8 +54,11 @@ RUNS_AT_ONCE = {"terminate": 2}
 RETRIED = frozenset({"worker_sigkill", "crash_before_record"})
 """Rows whose run the daemon retries (``dagster/max_retries``) after its worker dies."""
 TIMEOUTS = {"wait_timeout": {"wait_timeout": 3.0}, "run_timeout": {"run_timeout": 3.0}}
+REEXECUTED = "reexecute_from_failure"
+"""Not a matrix row (tests/deploy/dagster/test_dagster_matrix.py): the run worker is killed,
+no retry is configured, and the user re-executes the failed run from failure."""
 ACTED = frozenset(
-    {"platform_cancel", "terminate", "no_cancel_on_kill", "user_kill", "worker_sigkill"}
+    {"platform_cancel", "terminate", "no_cancel_on_kill", "user_kill", "worker_sigkill", REEXECUTED}
 )
 """Rows with an action once the step waits for its run."""
 CELL_TIMEOUT = 150.0
@@ -227,6 +230,11 @@ def run_cell(
 
     act(deployment, server, cell, run_ids)
 
+    if row.id == REEXECUTED:  # the UI's "Re-execute from failure" of the crashed run
+        crashed = [deployment.wait_finished(run_id, CELL_TIMEOUT) for run_id in run_ids]
+        if any(r["status"] != "FAILURE" for r in crashed):
+            raise AssertionError(f"a run whose worker was killed did not fail: {crashed}")
+        run_ids = [deployment.reexecute(run_id) for run_id in run_ids]
     finals = [final_run(deployment, run_id, retried=row.id in RETRIED) for run_id in run_ids]
     result.runs = finals
     states = {TASK_STATE.get(r["status"], r["status"]) for r in finals}
@@ -281,7 +289,7 @@ def act(
     elif row.id == "user_kill":
         for run_id in run_ids:
             kill_worker(deployment, run_id, signal.SIGTERM)
-    elif row.id == "worker_sigkill":
+    elif row.id in ("worker_sigkill", REEXECUTED):
         for run_id in run_ids:
             kill_worker(deployment, run_id, signal.SIGKILL)
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.deploy import matrix
 from tests.deploy.dagster.cells import RETRIED, Cell, CellRunner, EmulatorPool
 from tests.deploy.dagster.deployment import DagsterDeployment
 
@@ -32,9 +33,15 @@ def selected_cells(items: list[pytest.Item]) -> list[Cell]:
     cells = []
     for item in items:
         params: dict[str, Any] = getattr(getattr(item, "callspec", None), "params", {})
-        if item.get_closest_marker("matrix_cell") is None or "row" not in params:
-            continue
-        if str(params.get("column", "")).startswith("dagster-"):
+        skipped = item.get_closest_marker("skip") is not None or any(
+            m.args and m.args[0] for m in item.iter_markers("skipif")
+        )
+        row = params.get("row")
+        if (
+            not skipped
+            and isinstance(row, matrix.Row)
+            and str(params.get("column", "")).startswith("dagster-")
+        ):
             cells.append(Cell(params["column"], params["row"], params["platform"]))
     return cells
 
