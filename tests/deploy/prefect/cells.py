@@ -288,11 +288,17 @@ class CellRunner:
                 control.wait_for_launches(1, CELL_TIMEOUT)
                 if row.id != "crash_before_record":
                     time.sleep(1.5)  # the launch's record is saved
+                pids = self.deployment.flow_run_pids(flow_run.id)
+                if not pids:
+                    result.problems.append("found no flow-run process to kill")
                 if row.id == "flow_restart":
                     worker = self.deployment.workers[-1]
                     os.killpg(worker.pid, signal.SIGKILL)
-                if not self._kill(flow_run.id, signal.SIGKILL):
-                    result.problems.append("found no flow-run process to kill")
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass  # gone with the worker's process group
                 if row.id == "flow_restart":
                     worker.wait(timeout=10)
                     self.deployment.start_worker()

@@ -28,7 +28,8 @@ def _cells() -> Iterator[Any]:
             for platform in matrix.platforms():
                 if not matrix.applies(row, column, platform):
                     continue
-                marks = [pytest.mark.matrix_cell(column, row.id)]
+                # the first cell's test also waits for the deployment and every cell to start
+                marks = [pytest.mark.matrix_cell(column, row.id), pytest.mark.timeout(1800)]
                 reason = KNOWN_DEFECTS.get((column, row.id))
                 if reason:
                     marks.append(pytest.mark.xfail(strict=True, reason=reason))
