@@ -136,3 +136,33 @@ def test_vi_without_an_organization_falls_back_to_a_lookup() -> None:
         ok, message = config.check_connection(timeout=5)
     assert TOKEN not in message
     assert ok and message.startswith("Reached vi") and "would answer the same" in message
+
+
+@pytest.mark.parametrize(
+    ("answer", "proves"),
+    [
+        ({"code": "not_found", "message": "run not found"}, True),
+        ({"code": "invalid_argument", "message": "project probe does not exist"}, True),
+        ({"detail": "Not Found"}, False),  # a 404 from something that is not Connect
+        ({"code": "unimplemented", "message": "no such procedure"}, False),
+    ],
+)
+def test_flyte_probe_reads_connect_errors(answer: dict[str, str], proves: bool) -> None:
+    """Connect's error body is the proof, whichever code a lookup of a run that does not exist
+    gets on a real deployment (a project that does not exist may be invalid_argument)."""
+    from runbridge.core.providers.flyte import CONNECT_CODES, Flyte
+    from runbridge.core.providers.probes import WrongAPI, probe
+
+    from .providers.stepper import Canned, step
+
+    status = CONNECT_CODES[answer["code"]][0] if "code" in answer else 404
+    exchange = probe(Flyte(project="p", domain="development"))
+    assert exchange is not None
+    if proves:
+        requests, proof = step(exchange, Canned(status, answer))
+        assert "RunService" in proof
+        assert "runbridge-connection-test" in str(requests[0].json)
+        assert "'project': 'p'" in str(requests[0].json)
+    else:
+        with pytest.raises(WrongAPI):
+            step(exchange, Canned(status, answer))

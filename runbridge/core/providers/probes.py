@@ -18,8 +18,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..errors import PlatformError, ProtocolError, RunNotFound
-from ..http import Exchange, Request
+from ..errors import AuthError, PlatformError, PlatformUnavailable, ProtocolError, RunNotFound
+from ..http import Exchange, Request, Response
 from ..models import RunRef
 from .base import Provider
 
@@ -87,8 +87,6 @@ def _wandb(provider: Any) -> Exchange[str]:
         raise WrongAPI(f"POST /graphql: {exc}") from None
     viewer = data.get("viewer")
     if not isinstance(viewer, Mapping):
-        from ..errors import AuthError
-
         raise AuthError(
             "W&B answered no viewer for this API key",
             platform=provider.name,
@@ -99,20 +97,35 @@ def _wandb(provider: Any) -> Exchange[str]:
 
 
 def _flyte(provider: Any) -> Exchange[str]:
-    """``GetRunDetails`` of a run that does not exist: a Connect ``not_found`` error."""
-    ref = RunRef(provider.name, PROBE_ID, {"project": PROBE_ID, "domain": PROBE_ID})
+    """``GetRunDetails`` of a run that does not exist (in the provider's project and domain when
+    set): a Connect error body (``not_found``, or ``invalid_argument`` for a project that does
+    not exist) is an answer only a Connect RunService gives; a bare 404 is no such service."""
+    scope = {"project": provider.project or PROBE_ID, "domain": provider.domain or "development"}
+    ref = RunRef(provider.name, PROBE_ID, scope)
     response = yield provider._unary("GetRunDetails", {"runId": provider._run_id(ref)}, retry=True)
     if provider._is_not_found(response):
-        return (
-            "the RunService answered a lookup of a run that does not exist with Connect's not_found"
-        )
+        return "the RunService answered a lookup of a run that does not exist with not_found"
     try:
         provider.decipher(response)
-    except PlatformError as exc:  # a 404 without Connect's error body: no RunService there
-        if exc.status_code != 404:
-            raise
-        raise WrongAPI(f"RunService/GetRunDetails: {exc}") from None
-    raise WrongAPI("RunService/GetRunDetails found a run that should not exist")
+    except (AuthError, PlatformUnavailable):
+        raise
+    except PlatformError as exc:
+        code = _connect_code(response)
+        if code is not None and code != "unimplemented":
+            return f"the RunService answered a lookup of a run that does not exist ({code})"
+        if exc.status_code in (404, 405) or code == "unimplemented":
+            raise WrongAPI(f"RunService/GetRunDetails: {exc}") from None
+        raise
+    return "the RunService answered a lookup"
+
+
+def _connect_code(response: Response) -> str | None:
+    try:
+        body = response.json()
+    except ProtocolError:
+        return None
+    code = body.get("code") if isinstance(body, Mapping) else None
+    return code if isinstance(code, str) else None
 
 
 def _vi(provider: Any) -> Exchange[str]:
