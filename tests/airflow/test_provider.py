@@ -75,10 +75,12 @@ def test_the_ui_connection_form_metadata() -> None:
     assert all(m.default_conn_name is None for m in metas), [
         (m.connection_type, m.default_conn_name) for m in metas
     ]
-    assert meta.standard_fields is not None
-    assert meta.standard_fields.host.title == "Base URL"
-    assert meta.standard_fields.password.title == "Token"
-    assert meta.standard_fields.port.hidden and meta.standard_fields.login.hidden
+    fields = meta.standard_fields
+    assert fields is not None
+    assert fields.host is not None and fields.host.title == "Base URL"
+    assert fields.password is not None and fields.password.title == "Token"
+    assert fields.port is not None and fields.port.hidden
+    assert fields.login is not None and fields.login.hidden
     assert meta.extra_fields is not None
     assert set(meta.extra_fields) == {
         "platform",
