@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -167,6 +168,11 @@ _MASKER_MODULES = (
 _SHORT_FLAG = "_has_warned_short_secret"
 
 
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: list[tuple[Any, Any]] = []
+
+
 @contextlib.contextmanager
 def _no_short_value_warning() -> Iterator[None]:
     """Read a connection without Airflow's "Skipping masking for a secret as it's too short"
@@ -179,9 +185,28 @@ def _no_short_value_warning() -> Iterator[None]:
     once in every task process, though they are never masked. runbridge's extra holds no
     secret (the token is the password field), so the warning only hides the real ones; the
     token's length is checked by :func:`_warn_short_token` instead. This sets the masker's
-    private once-per-process flag (``SecretsMasker._has_warned_short_secret``) for the read and
-    restores it; pinned by ``tests/airflow/test_masking.py``, which fails if Airflow renames it.
+    private once-per-process flag (``SecretsMasker._has_warned_short_secret``) while reads are
+    in progress (reads in several threads at once: the first sets it, the last restores it);
+    pinned by ``tests/airflow/test_masking.py``, which fails if Airflow renames it.
     """
+    global _quiet_depth
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _quiet_saved[:] = _set_short_flags()
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                for masker, before in _quiet_saved:
+                    setattr(masker, _SHORT_FLAG, before)
+                _quiet_saved.clear()
+
+
+def _set_short_flags() -> list[tuple[Any, Any]]:
+    """Set the flag on each secrets masker class Airflow has; return what it was."""
     import importlib
 
     saved: list[tuple[Any, Any]] = []
@@ -193,11 +218,7 @@ def _no_short_value_warning() -> Iterator[None]:
         if masker is not None and hasattr(masker, _SHORT_FLAG):
             saved.append((masker, getattr(masker, _SHORT_FLAG)))
             setattr(masker, _SHORT_FLAG, True)
-    try:
-        yield
-    finally:
-        for masker, before in saved:
-            setattr(masker, _SHORT_FLAG, before)
+    return saved
 
 
 def _warn_short_token(conn: Connection) -> None:

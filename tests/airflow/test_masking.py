@@ -107,3 +107,31 @@ def test_a_short_token_is_said_to_be_unmasked(
     (record,) = [r for r in caplog.records if r.name == "runbridge.airflow_provider.hooks"]
     text = record.getMessage()
     assert "'rb_short'" in text and "shorter than 5 characters" in text and "k3y" not in text
+
+
+def test_overlapping_reads_in_threads_restore_airflows_flag(fresh_flag: None) -> None:
+    """Triggers read connections in worker threads: the flag is Airflow's again only after the
+    last read ends, and then as it was (so later short secrets still warn)."""
+    import threading
+
+    from runbridge.airflow_provider.hooks import _no_short_value_warning
+
+    a_in, b_in, a_out, b_out = (threading.Event() for _ in range(4))
+
+    def read(entered: threading.Event, leave: threading.Event) -> None:
+        with _no_short_value_warning():
+            entered.set()
+            leave.wait(5)
+
+    first = threading.Thread(target=read, args=(a_in, a_out))
+    second = threading.Thread(target=read, args=(b_in, b_out))
+    first.start()
+    assert a_in.wait(5)
+    second.start()
+    assert b_in.wait(5)
+    a_out.set()
+    first.join(5)
+    assert all(getattr(cls, _SHORT_FLAG) for cls in maskers())  # the second read still runs
+    b_out.set()
+    second.join(5)
+    assert not any(getattr(cls, _SHORT_FLAG) for cls in maskers())
