@@ -38,12 +38,6 @@ TIMINGS: dict[str, Any] = {}
 """What the session measured, for the terminal summary."""
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "matrix_cell(column, row): a cell of the reliability matrix (issue 14)"
-    )
-
-
 @pytest.fixture(scope="session")
 def airflow_cells(request: pytest.FixtureRequest) -> Iterator[CellRunner]:
     began = time.monotonic()
@@ -52,7 +46,10 @@ def airflow_cells(request: pytest.FixtureRequest) -> Iterator[CellRunner]:
     per_platform: dict[str, int] = {}
     for cell in cells:
         per_platform[cell.platform] = per_platform.get(cell.platform, 0) + 1
-    size = max(1, min(concurrency, max(per_platform.values(), default=1)))
+    # emulators per platform: enough for its share of the cells running at once (the cells
+    # are submitted with the platforms interleaved), never more than it has cells
+    share = max(2, -(-concurrency // max(1, len(per_platform))) + 1)
+    size = max(1, min(share, max(per_platform.values(), default=1)))
     root = Path(tempfile.mkdtemp(prefix="runbridge-deploy-airflow-"))
     pool: EmulatorPool | None = None
     deployment: AirflowDeployment | None = None
@@ -66,7 +63,7 @@ def airflow_cells(request: pytest.FixtureRequest) -> Iterator[CellRunner]:
         deployment.wait_healthy(time.monotonic() + 120, DAG_IDS)
         TIMINGS["deployment"] = deployment.started_in
         TIMINGS["ready"] = time.monotonic() - began
-        runner = CellRunner(deployment, pool, concurrency=size)
+        runner = CellRunner(deployment, pool, concurrency=concurrency)
         runner.submit_all(cells)
         yield runner
     finally:

@@ -43,7 +43,11 @@ TRIGGERER_HEALTH_THRESHOLD = 8
 triggers to a live one (``trigger_moved``). Low, so that cell is short; high enough that a
 busy 2-core machine does not move triggers by accident."""
 
-SQLITE_BUSY_TIMEOUT = 60
+SQLITE_BUSY_TIMEOUT = 20
+"""Seconds a process waits for SQLite's write lock. sqlite3's default, 5 s, is exceeded on a
+busy 2-core machine ("database is locked"); 60 s was too long: the triggerer's supervisor,
+blocked that long in a write, took its trigger runner for deadlocked (threshold 30 s) and
+skipped its heartbeat, so its triggers stalled."""
 SQLITE_ARGS = f"""# connect_args of the deployment's SQLite engines (sync and async)
 SYNC = {{"timeout": {SQLITE_BUSY_TIMEOUT}}}
 ASYNC = {{"timeout": {SQLITE_BUSY_TIMEOUT}}}
