@@ -272,9 +272,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = f"python3 tools/reliability.py --cells {args.cells}"
     else:
         cells_path = Path(tempfile.mkdtemp(prefix="runbridge-reliability-")) / "cells.jsonl"
-        command = "python3 dev.py reliability" + (
-            f" {shlex.join(sys.argv[1:])}" if argv is None and sys.argv[1:] else ""
+        via = (
+            "python3 dev.py reliability"
+            if os.environ.get("RUNBRIDGE_UV")
+            else "python3 tools/reliability.py"
         )
+        command = via + (f" {shlex.join(sys.argv[1:])}" if argv is None and sys.argv[1:] else "")
         runs = run_folders(folders, args.platforms, args.quick, cells_path, args.pytest_args)
     cells = load_cells(cells_path)
     minutes = None if args.cells is not None else (time.monotonic() - t0) / 60

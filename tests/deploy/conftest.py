@@ -183,6 +183,16 @@ def _cell(item: pytest.Item) -> tuple[str, str, str] | None:
     return column, row_id, str(platform)
 
 
+def _detail(report: pytest.TestReport) -> str:
+    """Why a cell failed or was skipped: pytest's one-line reason first, then the end of the
+    report (a timeout's thread dump ends it: the reason is what matters)."""
+    crash = getattr(getattr(report.longrepr, "reprcrash", None), "message", "")
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[-1])
+    text = str(report.longrepr or "")
+    return f"{crash}\n...\n{text[-1200:]}" if crash else text[-2000:]
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
@@ -194,9 +204,7 @@ def pytest_runtest_makereport(
         return
     if report.when == "call" or (report.when == "setup" and not report.passed):
         state = "pass" if report.passed else "skip" if report.skipped else "fail"
-        detail = ""
-        if not report.passed:
-            detail = str(report.longrepr)[-2000:] if report.longrepr else ""
+        detail = "" if report.passed else _detail(report)
         matrix.record(cell[0], cell[1], cell[2], state, detail)  # type: ignore[arg-type]
     elif report.when == "teardown" and report.failed:
         matrix.record(cell[0], cell[1], cell[2], "fail", f"teardown: {report.longrepr}"[-2000:])
