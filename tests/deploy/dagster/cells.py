@@ -237,7 +237,8 @@ def run_cell(
         run_ids = [deployment.reexecute(run_id) for run_id in run_ids]
     finals = [final_run(deployment, run_id, retried=row.id in RETRIED) for run_id in run_ids]
     result.runs = finals
-    states = {TASK_STATE.get(r["status"], r["status"]) for r in finals}
+    events_of = {r["runId"]: deployment.events(r["runId"]) for r in finals}
+    states = {task_state(row, r, events_of[r["runId"]]) for r in finals}
     result.task_state = states.pop() if len(states) == 1 else f"mixed {sorted(states)}"
     texts: list[str] = []
     leaks: list[str] = []
@@ -292,6 +293,26 @@ def act(
     elif row.id in ("worker_sigkill", REEXECUTED):
         for run_id in run_ids:
             kill_worker(deployment, run_id, signal.SIGKILL)
+
+
+USER_STOPS = frozenset({"user_kill", "terminate", "no_cancel_on_kill"})
+"""Rows where the user stops the run: its end is the task's ``stopped``."""
+INTERRUPTED = "DagsterExecutionInterruptedError"
+
+
+def task_state(row: matrix.Row, run: Mapping[str, Any], events: list[dict[str, Any]]) -> str:
+    """The matrix word for a finished Dagster run. A run the user stopped is ``stopped`` when
+    Dagster shows it so: CANCELED (terminated), or FAILURE because its step was interrupted
+    by the user's signal (Dagster marks a run whose worker got SIGTERM without a termination
+    request as failed: "Execution was interrupted unexpectedly")."""
+    status = str(run["status"])
+    if (
+        row.id in USER_STOPS
+        and status == "FAILURE"
+        and any(INTERRUPTED in text for text in failure_texts(events))
+    ):
+        return "stopped"
+    return TASK_STATE.get(status, status)
 
 
 def wait_for_event(deployment: DagsterDeployment, run_id: str, prefix: str) -> None:

@@ -7,7 +7,8 @@ hold the token, and hands the tests a :class:`~tests.deploy.dagster.cells.CellRu
 started every selected cell. Everything it started is stopped at the end of the session, also
 when a test fails. The pytest process never imports Dagster.
 
-``RUNBRIDGE_DAGSTER_CONCURRENCY`` (default 6) bounds how many cells run at once. The daemon
+``RUNBRIDGE_DAGSTER_CONCURRENCY`` (default 6) bounds how many cells run at once;
+``RUNBRIDGE_DAGSTER_KEEP=1`` keeps the deployment's directory (logs, storage) afterwards. The daemon
 is started only when a selected cell needs it (a run the daemon retries).
 """
 

@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -172,9 +173,7 @@ class DagsterDeployment:
                 )
             deployment._wait_for_web()
             if daemon:
-                deployment._wait_for_log(
-                    "daemon", "Instance is configured with the following daemons"
-                )
+                deployment._wait_for("daemon's run retries", deployment._retries_armed)
             deployment.startup_seconds = time.monotonic() - started
             yield deployment
         finally:
@@ -236,6 +235,25 @@ class DagsterDeployment:
 
         self._wait_for("web server", loaded)
 
+    def _retries_armed(self) -> bool:
+        """Whether the daemon's event log consumer has run once: on its first iteration it
+        starts reading run failures from the end of the event log, so a run that fails before
+        then is never retried (it would miss a cell's crash on a busy machine). Its cursors
+        are in the run storage's key-value table."""
+        for database in (self.root / "storage").rglob("*.db"):
+            try:
+                with contextlib.closing(
+                    sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+                ) as db:
+                    found = db.execute(
+                        "SELECT 1 FROM kvs WHERE key LIKE 'EVENT_LOG_CONSUMER_CURSOR-%' LIMIT 1"
+                    ).fetchone()
+            except sqlite3.Error:
+                continue
+            if found:
+                return True
+        return False
+
     def stop(self) -> None:
         """Kill every process group started (run workers included), then remove the files."""
         for proc in self.processes.values():
@@ -252,7 +270,8 @@ class DagsterDeployment:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
         self._http.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        if os.environ.get("RUNBRIDGE_DAGSTER_KEEP") != "1":  # keep: logs, storage to read
+            shutil.rmtree(self.root, ignore_errors=True)
 
     # -- the GraphQL API ---------------------------------------------------------------------
     def graphql(self, query: str, variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
