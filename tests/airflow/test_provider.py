@@ -247,6 +247,36 @@ def test_a_connection_uri_gives_settings_as_text(monkeypatch: pytest.MonkeyPatch
     assert config.poll == PollSchedule.fixed(3) and config.retry == RetryPolicy(attempts=4)
 
 
+def test_the_poll_cap_is_a_connection_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``poll_max_interval`` (a form field, also in a URI as text) is core's ``poll.cap``; the
+    default is core's (10 s); with a fixed ``poll`` it is refused as contradictory."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RB_CAP",
+        "runbridge://:tok@api.example.com/?platform=rest&poll_max_interval=45&options="
+        + quote(json.dumps(REST_CONFIG)),
+    )
+    assert settings("rb_cap").poll == PollSchedule(cap=45.0)
+    form = {"platform": "rest", "options": REST_CONFIG, "extra__runbridge__poll_max_interval": 3}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RB_FORM",
+        json.dumps({"conn_type": "runbridge", "host": "https://x.example", "extra": form}),
+    )
+    assert settings("rb_form").poll == PollSchedule(cap=3.0, first=1.0)
+    plain = {"platform": "rest", "options": REST_CONFIG}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RB_PLAIN",
+        json.dumps({"conn_type": "runbridge", "host": "https://x.example", "extra": plain}),
+    )
+    assert settings("rb_plain").poll.cap == 10.0
+    both = {**plain, "poll": 5, "poll_max_interval": 30}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RB_BOTH",
+        json.dumps({"conn_type": "runbridge", "host": "https://x.example", "extra": both}),
+    )
+    with pytest.raises(ConfigError, match="connection 'rb_both': poll is a fixed interval"):
+        settings("rb_both")
+
+
 def test_a_bad_connection_never_shows_its_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(
         "AIRFLOW_CONN_RB_LEAK",
