@@ -137,6 +137,7 @@ class EmulatorPool:
 
     def __init__(self, platforms: Iterable[str], size: int) -> None:
         self.emulators: list[Emulator] = []
+        self.quarantined: list[Emulator] = []
         self._free: dict[str, list[Emulator]] = {}
         self._cond = threading.Condition()
         starting = []
@@ -204,11 +205,24 @@ class EmulatorPool:
             )
         return out
 
-    def acquire(self, platform: str) -> Emulator:
+    def acquire(self, platform: str, timeout: float = 900.0) -> Emulator:
+        deadline = time.monotonic() + timeout
         with self._cond:
             while not self._free[platform]:
-                self._cond.wait()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DeploymentError(
+                        f"no {platform} emulator free after {timeout:.0f} s "
+                        f"({len(self.quarantined)} quarantined after cells that could not end)"
+                    )
+                self._cond.wait(left)
             return self._free[platform].pop()
+
+    def quarantine(self, emu: Emulator) -> None:
+        """Never hand ``emu`` out again: a DAG run of a cell that could not end may still
+        launch or cancel on it, which would be counted in the next cell's record."""
+        with self._cond:
+            self.quarantined.append(emu)
 
     def release(self, emu: Emulator) -> None:
         with self._cond:
@@ -275,6 +289,16 @@ class CellRunner:
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._serial.shutdown(wait=True, cancel_futures=True)
 
+    def _stop_runs(self, cell: Cell, runs: list[str]) -> None:
+        """Fail the DAG runs of a cell that could not end (best effort), so they stop
+        loading the deployment."""
+        retry = "_retry" if cell.row.id in RETRY_ROWS else ""
+        for run_id in runs:
+            try:
+                self.deployment.set_run_state(DAG_IDS[cell.column] + retry, run_id, "failed")
+            except Exception:  # the cell already failed, with its reason
+                pass
+
     def _run(self, cell: Cell) -> CellResult:
         emu = self.pool.acquire(cell.platform)
         result = CellResult(cell)
@@ -285,7 +309,11 @@ class CellRunner:
             result.crashed = f"{type(exc).__name__}: {exc}"
         finally:
             result.seconds = time.monotonic() - began
-            self.pool.release(emu)
+            if result.crashed is None:
+                self.pool.release(emu)
+            else:
+                self.pool.quarantine(emu)
+                self._stop_runs(cell, result.dag_runs)
         self.results.append(result)
         return result
 
@@ -330,8 +358,9 @@ class _CellRun:
 
         conf = self._conf()
         slug = f"{self.row.id}__{self.column}__{self.cell.platform}__{time.time_ns()}"
-        runs = [self.af.trigger(self.dag_id, conf, f"{slug}__{n}") for n in range(copies)]
-        self.result.dag_runs = runs
+        runs = self.result.dag_runs
+        for n in range(copies):
+            runs.append(self.af.trigger(self.dag_id, conf, f"{slug}__{n}"))
         action = self._action()
         if action is not None:
             action(runs)

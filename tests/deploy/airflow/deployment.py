@@ -197,6 +197,11 @@ class AirflowDeployment:
                 # a task's calls to the execution API wait for SQLite's lock like the rest
                 "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "600",
+                # parse the one DAG file once: a re-parse that times out on a loaded machine
+                # deactivates its DAGs (a DAG run trigger then answers 404)
+                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
+                "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "300",
+                "AIRFLOW__DAG_PROCESSOR__STALE_DAG_THRESHOLD": "600",
             }
         )
         base.update({f"AIRFLOW_CONN_{k.upper()}": v for k, v in self.connections.items()})
@@ -451,6 +456,11 @@ class AirflowDeployment:
         """Mark a task instance failed or success, as a user does in the UI."""
         path = f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}"
         self.api("PATCH", path, json={"new_state": state})
+
+    def set_run_state(self, dag_id: str, run_id: str, state: str) -> None:
+        """Mark a whole DAG run (``failed``, ``success`` or ``queued``)."""
+        path = f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}"
+        self.api("PATCH", path, json={"state": state})
 
     def clear(self, dag_id: str, run_id: str, task_ids: list[str]) -> None:
         """Clear task instances of one DAG run (whatever their state), as a user does."""
