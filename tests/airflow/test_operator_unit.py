@@ -8,6 +8,7 @@ called from another thread while ``execute`` waits, as the task runner's signal 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from types import SimpleNamespace
@@ -18,6 +19,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from runbridge.airflow_provider import LaunchRunOperator
 from runbridge.airflow_provider.operators import STATE_KEY, Saved, generation
+from runbridge.airflow_provider.triggers import human_duration
 from runbridge.core.models import RunRef
 from runbridge.core.planner import LaunchRecord
 from runbridge.testing import Emulator, Script
@@ -31,6 +33,7 @@ class Store(dict):  # type: ignore[type-arg]
 class TaskInstance(SimpleNamespace):
     def xcom_push(self, key: str, value: Any) -> None:
         self.xcoms[key] = value
+        self.pushes.append(key)
 
 
 def context(store: Store, try_number: int, max_tries: int) -> dict[str, Any]:
@@ -43,6 +46,7 @@ def context(store: Store, try_number: int, max_tries: int) -> dict[str, Any]:
         max_tries=max_tries,
         start_date=None,
         xcoms={},
+        pushes=[],
     )
     return {"ti": ti, "task_state_store": store}
 
@@ -239,3 +243,64 @@ def test_bad_arguments_fail_at_parse_time() -> None:
         operator(success=["RUNNING"])
     with pytest.raises(ValueError, match="wait_timeout"):
         operator(wait_timeout=-1)
+
+
+def deferred_then_resumed(
+    rest: Emulator, store: Store, **kwargs: Any
+) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """One deferrable try: execute until it defers, run its trigger to its event, resume a
+    new operator object (as Airflow does, in a new process) with the event."""
+    from airflow.sdk.exceptions import TaskDeferred
+
+    ctx = context(store, 1, 1)
+    with pytest.raises(TaskDeferred) as deferred:
+        operator(deferrable=True, **kwargs).execute(ctx)
+
+    async def first_event() -> dict[str, Any]:
+        async for event in deferred.value.trigger.run():
+            return dict(event.payload)
+        raise AssertionError("no event")
+
+    event = asyncio.run(first_event())
+    return ctx, deferred.value, event
+
+
+def test_run_url_is_pushed_once_across_a_deferral(rest: Emulator) -> None:
+    """Issue 14 item 8: the resumed task pushed run_url again."""
+    rest.script(Script([("running", 0.3)], final="succeeded"))
+    ctx, deferred, event = deferred_then_resumed(rest, Store())
+    result = operator(deferrable=True).execute_complete(ctx, event=event, **(deferred.kwargs or {}))
+    assert result["state"] == "SUCCEEDED"
+    assert ctx["ti"].pushes.count("run_url") == 1 and ctx["ti"].xcoms["run_url"]
+
+
+def test_wait_timeout_counts_from_the_waits_start_in_a_human_duration(rest: Emulator) -> None:
+    """Issue 14 item 8: the deferred message said '13.2156s', counted from the trigger's start."""
+    rest.script(Script([("running", 60.0)], final="succeeded"))
+    ctx, deferred, event = deferred_then_resumed(rest, Store(), wait_timeout=2)
+    assert event["kind"] == "wait_timeout"
+    with pytest.raises(AirflowException) as deferred_failure:
+        operator(deferrable=True).execute_complete(ctx, event=event, **(deferred.kwargs or {}))
+    with pytest.raises(AirflowException) as worker_failure:
+        operator(wait_timeout=2).execute(context(Store(), 1, 1))
+    for failure in (deferred_failure, worker_failure):
+        text = str(failure.value)
+        assert "still RUNNING when the wait ran out (wait_timeout 2 s)" in text, text
+        assert "the run keeps going" in text
+    assert rest.cancels == []
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.25, "0.2 s"),
+        (2, "2 s"),
+        (13.2156, "13 s"),
+        (60, "1 min"),
+        (125, "2 min 5 s"),
+        (3600, "1 h"),
+        (5400, "1 h 30 min"),
+    ],
+)
+def test_human_duration(seconds: float, text: str) -> None:
+    assert human_duration(seconds) == text
