@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import os
 import queue
+import shutil
 import signal
 import tempfile
 import threading
@@ -140,6 +141,7 @@ class EmulatorPool:
         for server in self.servers:
             with contextlib.suppress(OSError):
                 server.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class CellRunner:

@@ -18,6 +18,10 @@ import pytest
 from tests.deploy import matrix
 from tests.deploy.dagster.cells import REEXECUTED, Cell, CellRunner
 
+TIMEOUT = 1200
+"""pytest-timeout per test: the first one waits for the deployment to start and for its cell,
+which runs beside all the others (a busy machine made that more than the default 300 s)."""
+
 KNOWN_DEFECTS: dict[tuple[str, str], str] = {}
 """(column, row) -> reason: cells that fail for a known, reported defect (strict xfail)."""
 
@@ -37,6 +41,7 @@ def _cells() -> Iterator[Any]:
                 )
 
 
+@pytest.mark.timeout(TIMEOUT)
 @pytest.mark.parametrize(("column", "row", "platform"), list(_cells()))
 def test_cell(column: str, row: matrix.Row, platform: str, dagster_cells: CellRunner) -> None:
     result = dagster_cells.result(Cell(column, row, platform))
@@ -62,6 +67,7 @@ REEXECUTION = matrix.Row(
 re-execution, through GraphQL's ``launchRunReexecution`` as the UI's button does."""
 
 
+@pytest.mark.timeout(TIMEOUT)
 @pytest.mark.skipif(not matrix.full(), reason="RUNBRIDGE_MATRIX=full only (a crash, then a run)")
 @pytest.mark.parametrize("platform", matrix.platforms())
 @pytest.mark.parametrize("column", matrix.DAGSTER)
