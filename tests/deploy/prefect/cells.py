@@ -233,14 +233,31 @@ class CellRunner:
             result.crashed = f"{type(exc).__name__}: {exc}"
         finally:
             result.seconds = time.monotonic() - began
-            self.pool.give(entry)
+            if result.crashed is None:
+                self.pool.give(entry)
+            else:  # its flow run may still launch later: stop it, and retire the emulator
+                self._abandon(result.flow_run)
             with self._lock:
                 self.results.append(result)
         return result
 
+    def _abandon(self, flow_run_id: str | None) -> None:
+        if flow_run_id is None:
+            return
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelled
+
+        self._kill(flow_run_id, signal.SIGKILL)
+        try:
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(flow_run_id, Cancelled(), force=True)
+        except Exception:
+            pass
+        self._kill(flow_run_id, signal.SIGKILL)
+
     def _cell(self, cell: Cell, entry: tuple[str, EmulatorServer], result: CellResult) -> None:
         from prefect.client.orchestration import get_client
-        from prefect.states import Cancelling, Scheduled
+        from prefect.states import Cancelling
 
         block, server = entry
         control = server.control
@@ -308,9 +325,10 @@ class CellRunner:
                         result.problems.append(
                             f"after SIGKILL the flow run is {crashed.name}, expected Crashed"
                         )
-                # restart it, as the UI's Retry does
-                client.set_flow_run_state(flow_run.id, Scheduled(), force=True)
-                time.sleep(1.0)
+                self._restart(client, flow_run.id, deadline)
+                deadline = time.monotonic() + CELL_TIMEOUT  # a second process to start
+            elif row.id in CANCEL_ROWS or row.id == "platform_cancel":
+                deadline = time.monotonic() + CELL_TIMEOUT
             final = self._wait_final(client, flow_run.id, deadline)
             time.sleep(KILL_SETTLE if row.expect_cancels == 0 and row.id in CANCEL_ROWS else SETTLE)
             result.prefect_state = final.name
@@ -338,6 +356,29 @@ class CellRunner:
                 platform=cell.platform,
                 extra=extra,
             )
+
+    @staticmethod
+    def _restart(client: Any, flow_run_id: Any, deadline: float) -> None:
+        """Restart a crashed flow run as the UI's Retry does (state ``Scheduled``, forced). The
+        crash is reported twice (by the worker and by its runner), so a late report can undo
+        the restart: then restart again."""
+        from prefect.states import Scheduled
+
+        time.sleep(2.0)
+        while True:
+            client.set_flow_run_state(flow_run_id, Scheduled(), force=True)
+            watch = time.monotonic() + 10.0
+            reverted = False
+            while time.monotonic() < watch:
+                state = client.read_flow_run(flow_run_id).state
+                if state is not None and state.type.value == "CRASHED":
+                    reverted = True
+                    break
+                time.sleep(0.5)
+            if not reverted:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"flow run {flow_run_id} could not be restarted")
 
     @staticmethod
     def _wait_final(client: Any, flow_run_id: Any, deadline: float) -> Any:

@@ -9,7 +9,7 @@ is stopped at the end of the session, also when a test fails.
 
 Prefect's home, database, result storage and logs go to a temporary directory, set in the
 environment (for the deployment's processes) and as settings (for this process's client).
-``RUNBRIDGE_PREFECT_CONCURRENCY`` (default 16) bounds how many cells run at once (and so the
+``RUNBRIDGE_PREFECT_CONCURRENCY`` (default 32) bounds how many cells run at once (and so the
 emulators per platform); ``RUNBRIDGE_PREFECT_KEEP=1`` keeps the directory after the session.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.prefect.cells import CellRunner, EmulatorPool, selected_cells
+from tests.deploy.prefect.cells import DISRUPTIVE, CellRunner, EmulatorPool, selected_cells
 from tests.deploy.prefect.deployment import PrefectDeployment, prefect_env
 
 TIMINGS: dict[str, Any] = {}
@@ -36,10 +36,11 @@ TIMINGS: dict[str, Any] = {}
 def prefect_cells(request: pytest.FixtureRequest) -> Iterator[CellRunner]:
     began = time.monotonic()
     cells = selected_cells(request.session.items)
-    concurrency = int(os.environ.get("RUNBRIDGE_PREFECT_CONCURRENCY", "16"))
+    concurrency = int(os.environ.get("RUNBRIDGE_PREFECT_CONCURRENCY", "32"))
     per_platform: dict[str, int] = {}
-    for cell in cells:
-        per_platform[cell.platform] = per_platform.get(cell.platform, 0) + 1
+    for cell in cells:  # an emulator per cell that runs at once (flow_restart runs alone)
+        if cell.row.id not in DISRUPTIVE:
+            per_platform[cell.platform] = per_platform.get(cell.platform, 0) + 1
     size = max(1, min(concurrency, max(per_platform.values(), default=1)))
     root = Path(tempfile.mkdtemp(prefix="runbridge-deploy-prefect-"))
     deployment = PrefectDeployment(root)
@@ -69,7 +70,7 @@ def prefect_cells(request: pytest.FixtureRequest) -> Iterator[CellRunner]:
             pool.save_blocks()
             deployment.wait_worker()
             TIMINGS["ready"] = time.monotonic() - began
-            runner = CellRunner(deployment, pool, concurrency=len(cells) or 1)
+            runner = CellRunner(deployment, pool, concurrency=min(len(cells), concurrency) or 1)
             runner.submit_all(cells)
             yield runner
     finally:
