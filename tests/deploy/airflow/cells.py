@@ -450,8 +450,18 @@ class _CellRun:
         """Wait until the task waits for its run: launched, and running in the worker (or
         deferred, for the deferrable column)."""
         self.control.wait_for_launches(1, timeout=CELL_TIMEOUT)
-        state = "deferred" if self._deferred() else "running"
-        return self.af.wait_state(self.dag_id, run_id, "run", [state], CELL_TIMEOUT)
+        if not self._deferred():
+            return self.af.wait_state(self.dag_id, run_id, "run", ["running"], CELL_TIMEOUT)
+        # deferred, and its trigger taken by a triggerer: a task cleared or marked before any
+        # triggerer ran its trigger gets no on_kill at all (reported separately)
+        return self.af.wait_task(
+            self.dag_id,
+            run_id,
+            "run",
+            lambda t: t["state"] == "deferred" and bool(t.get("triggerer_job")),
+            CELL_TIMEOUT,
+            "deferred with its trigger on a triggerer",
+        )
 
     def _platform_cancel(self, runs: list[str]) -> None:
         self._waiting(runs[0])

@@ -26,6 +26,8 @@ SENSOR_NOT_APPLICABLE = {
     "no_cancel_on_kill": "RunSensor has no cancel_on_kill: it never cancels the run it watches",
     "crash_before_record": "RunSensor launches nothing, so nothing can crash between launch "
     "and record",
+    "clear": "RunSensor launches nothing: its new try after a clear waits for the same run "
+    "again, so neither the row's second launch nor its cancel can happen",
 }
 """Rows tests/deploy/matrix.py applies to ``airflow-sensor`` that the sensor cannot express
 (reported to the matrix's owner); their cells are skipped, and recorded as such."""
