@@ -38,14 +38,16 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tests.deploy import matrix
 from tests.deploy.conftest import EmulatorServer, start_emulator
 from tests.deploy.prefect.deployment import PrefectDeployment
+
+T = TypeVar("T")
 
 SHORT_TIMEOUT = 4.0
 """``wait_timeout`` / ``run_timeout`` of the timeout rows, seconds."""
@@ -279,8 +281,10 @@ class CellRunner:
             parameters["cancel_on_kill"] = False
         deployment_id = self.deployment.deployments[cell.column]
         with get_client(sync_client=True) as client:
-            flow_run = client.create_flow_run_from_deployment(
-                deployment_id, parameters=parameters, tags=["rb-matrix", row.id]
+            flow_run = _retrying(
+                lambda: client.create_flow_run_from_deployment(
+                    deployment_id, parameters=parameters, tags=["rb-matrix", row.id]
+                )
             )
             result.flow_run = str(flow_run.id)
             with self._lock:
@@ -399,6 +403,21 @@ class CellRunner:
             except OSError:
                 pass
         return pids
+
+
+def _retrying(call: Callable[[], T], attempts: int = 5) -> T:
+    """``call()``, again after a 5xx of the Prefect server (its SQLite database is busy when a
+    few dozen flow runs start at once on a loaded machine)."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    for attempt in range(attempts):
+        try:
+            return call()
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code < 500 or attempt == attempts - 1:
+                raise
+            time.sleep(2.0 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _flow_run_filter(flow_run_id: Any) -> Any:

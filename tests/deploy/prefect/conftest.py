@@ -9,7 +9,7 @@ is stopped at the end of the session, also when a test fails.
 
 Prefect's home, database, result storage and logs go to a temporary directory, set in the
 environment (for the deployment's processes) and as settings (for this process's client).
-``RUNBRIDGE_PREFECT_CONCURRENCY`` (default 32) bounds how many cells run at once (and so the
+``RUNBRIDGE_PREFECT_CONCURRENCY`` (default 16: the CI rows all at once) bounds how many cells run at once (and so the
 emulators per platform); ``RUNBRIDGE_PREFECT_KEEP=1`` keeps the directory after the session.
 """
 
@@ -36,7 +36,7 @@ TIMINGS: dict[str, Any] = {}
 def prefect_cells(request: pytest.FixtureRequest) -> Iterator[CellRunner]:
     began = time.monotonic()
     cells = selected_cells(request.session.items)
-    concurrency = int(os.environ.get("RUNBRIDGE_PREFECT_CONCURRENCY", "32"))
+    concurrency = int(os.environ.get("RUNBRIDGE_PREFECT_CONCURRENCY", "16"))
     per_platform: dict[str, int] = {}
     for cell in cells:  # an emulator per cell that runs at once (flow_restart runs alone)
         if cell.row.id not in DISRUPTIVE:
