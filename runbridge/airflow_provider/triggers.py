@@ -60,9 +60,12 @@ __all__ = [
 
 SETTINGS_TTL = 60.0
 """Seconds a connection's configuration is reused before being read again (token rotation)."""
-ASK_TIMEOUT = 5.0
-"""Seconds one question to the triggerer's supervisor may take in ``on_kill`` (asked twice at
-most: it answers within a second or two unless it is stuck)."""
+ASK_TIMEOUT = 40.0
+"""Seconds ``on_kill`` waits for the triggerer's supervisor to answer one question. It answers
+within a second or two unless it is stuck in its database: with SQLite, a real deployment's
+supervisor answered after 30 s, while it also sent no re-cancel (its sync waits too). Asking
+again would only queue a second request behind the first, so a question that times out is
+not asked again (one that fails at once is, once)."""
 CANCEL_TIMEOUT = 10.0
 """Seconds the cancel request of ``on_kill`` may take, its retries included."""
 KILL_BUDGET = 25.0
@@ -431,10 +434,13 @@ class RunTrigger(BaseTrigger):
 
 
 async def _ask(question: Callable[[], Awaitable[T]], attempts: int = 2) -> T:
-    """One question to the supervisor, each attempt bounded by ``ASK_TIMEOUT``."""
+    """One question to the supervisor, bounded by ``ASK_TIMEOUT``; asked again only after a
+    failed answer, not after no answer."""
     for attempt in range(attempts):
         try:
             return await asyncio.wait_for(question(), ASK_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise
         except Exception:
             if attempt + 1 == attempts:
                 raise
