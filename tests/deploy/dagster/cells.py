@@ -63,6 +63,9 @@ ACTED = frozenset(
 )
 """Rows with an action once the step waits for its run."""
 CELL_TIMEOUT = 150.0
+RETRY_TIMEOUT = 400.0
+"""How long a failed run's retry may take to appear: the daemon submits retries one after the
+other, each waiting for its run worker to load (minutes apiece on a busy machine)."""
 FINISHED = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
 TASK_STATE = {"SUCCESS": "success", "FAILURE": "failed", "CANCELED": "stopped"}
 
@@ -355,7 +358,7 @@ def final_run(deployment: DagsterDeployment, run_id: str, *, retried: bool) -> d
     run = deployment.wait_finished(run_id, CELL_TIMEOUT)
     if not retried:
         return run
-    deadline = time.monotonic() + CELL_TIMEOUT
+    deadline = time.monotonic() + RETRY_TIMEOUT
     while True:
         chain = deployment.runs_of_root(run_id)
         newest = chain[0]
