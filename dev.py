@@ -7,6 +7,10 @@
     python3 dev.py demo [ARGS...]    sync, then `runbridge demo ARGS`
     python3 dev.py matrix [ARGS...]  sync, then the full version matrix (tools/matrix.py ARGS),
                                      which writes docs/compatibility.md
+    python3 dev.py reliability [ARGS...]
+                                     sync, then the full reliability matrix (every row, column
+                                     and platform, in real deployments: tools/reliability.py
+                                     ARGS), which writes docs/reliability.md
 
 The version matrix installs each extra from the built wheel into fresh virtual environments on
 the oldest and newest Python the package claims (found on the machine, never downloaded):
@@ -200,6 +204,11 @@ def cmd_matrix(args: list[str]) -> int:
     return run([sys.executable, str(ROOT / "tools" / "matrix.py"), *args], env, check=False)
 
 
+def cmd_reliability(args: list[str]) -> int:
+    _uv, env = sync()
+    return run([sys.executable, str(ROOT / "tools" / "reliability.py"), *args], env, check=False)
+
+
 def cmd_sync(args: list[str]) -> int:
     if args:
         raise DevError(f"`sync` takes no arguments, got {args}")
@@ -207,7 +216,13 @@ def cmd_sync(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"sync": cmd_sync, "test": cmd_test, "demo": cmd_demo, "matrix": cmd_matrix}
+COMMANDS = {
+    "sync": cmd_sync,
+    "test": cmd_test,
+    "demo": cmd_demo,
+    "matrix": cmd_matrix,
+    "reliability": cmd_reliability,
+}
 
 
 def main(argv: list[str]) -> int:

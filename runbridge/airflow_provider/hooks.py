@@ -205,43 +205,14 @@ class RunbridgeHook(BaseHook):
         return (await self.aclient_config()).async_client(**overrides)
 
     def test_connection(self) -> tuple[bool, str]:
-        """Reach the platform with the connection's URL and token, and say what happened.
-
-        Lists one run where the platform's API can; otherwise looks up a run that does not
-        exist, which answers "not found" once the URL and the token are right.
-        """
-        from ..core.errors import (
-            AuthError,
-            BadRequest,
-            NotSupported,
-            RunbridgeError,
-            RunNotFound,
-        )
-        from ..core.schedule import RetryPolicy
+        """Reach the platform with the connection's URL and token, and say what happened in one
+        line (core's :meth:`ClientConfig.check_connection`): "Connected to ..." only when the
+        platform's API gave an answer only it gives; a wrong base URL or path, a refused token
+        or an unreachable host fail with what went wrong. Never shows the token."""
+        from ..core.errors import RunbridgeError
 
         try:
             config = self.client_config()
-            client = config.client(retry=RetryPolicy.none(), request_timeout=10.0)
         except RunbridgeError as exc:
             return False, f"Bad connection: {exc}"
-        with client:
-            where = client.redact(f"{config.platform} at {config.base_url}")
-            try:
-                try:
-                    client.list(limit=1)
-                    return True, f"Connected to {where}: listing runs works."
-                except NotSupported:
-                    pass
-                probe = {key: "runbridge-connection-test" for key in client.provider.ref_scope}
-                try:
-                    client.get(client.ref("runbridge-connection-test", **probe))
-                except (RunNotFound, BadRequest) as exc:
-                    return True, (
-                        f"Connected to {where}: it answered a lookup of a run that does not "
-                        f"exist as expected ({type(exc).__name__})."
-                    )
-                return True, f"Connected to {where}."
-            except AuthError as exc:
-                return False, f"{where} refused the token: {exc}"
-            except RunbridgeError as exc:
-                return False, f"Could not use {where}: {exc}"
+        return config.check_connection()

@@ -30,7 +30,7 @@ from . import _runtime
 from ._bridge import is_bridge_loop
 from .credentials import RunbridgeCredentials
 
-__all__ = ["WaitPolicy", "cancel", "get", "launch", "shared_client", "wait"]
+__all__ = ["TaskRunCancelled", "WaitPolicy", "cancel", "get", "launch", "shared_client", "wait"]
 
 CANCEL_TIMEOUT = 60.0
 """How long cancelling the external run may take when a wait is killed."""
@@ -111,8 +111,9 @@ async def launch(
     """Launch a run, or re-attach to the one an earlier attempt of this task launched (core's
     planner decides, from the records this task keeps in Prefect's result store).
 
-    ``key``: the task's identity; by default derived from the Prefect run (task run id, or
-    flow run attempt). Returns what ``client.start`` came to (its ``status`` is None when the
+    ``key``: the task's identity; by default derived from the Prefect run (the flow run, the
+    task's stable key and what is launched: ``_runtime.derive_key``), so a task retry and a
+    restarted flow run find what earlier attempts launched. Returns what ``client.start`` came to (its ``status`` is None when the
     first status read hit a transient error: the wait will tell). Once the run exists, being
     killed (cancelled flow run, timeout) cancels it, as in :func:`wait`.
     """
@@ -122,7 +123,10 @@ async def launch(
     if key is None:
         identity = _runtime.current_identity()
         if identity is not None:
-            key = store_key = _runtime.derive_key(identity)
+            launch_text = _runtime.launch_fingerprint(
+                credentials.platform, credentials.base_url, params
+            )
+            key = store_key = _runtime.derive_key(identity, launch_text)
         else:  # outside any Prefect run and no key: nothing to re-attach to, nothing to keep
             key = f"runbridge-{uuid.uuid4().hex}"
     history: list[Execution] = []
@@ -231,6 +235,13 @@ async def wait(credentials: RunbridgeCredentials, ref: RunRef, policy: WaitPolic
     return status
 
 
+class TaskRunCancelled(BaseException):
+    """Prefect cancelled the submitted task run a wait is in (its flow run was cancelled).
+
+    A ``BaseException``, as a kill is (the wait cancels its external run), but not asyncio's
+    ``CancelledError``: the tasks catch it and end the task run Cancelled."""
+
+
 CANCEL_EVENT_POLL = 0.2
 """How often a wait in a submitted task checks whether Prefect cancelled the task run."""
 
@@ -238,7 +249,7 @@ CANCEL_EVENT_POLL = 0.2
 async def _unless_cancelled(
     wait: Coroutine[Any, Any, RunStatus], event: threading.Event | None
 ) -> RunStatus:
-    """Await ``wait``; raise ``CancelledError`` if ``event`` (Prefect's cancel event of a
+    """Await ``wait``; raise ``TaskRunCancelled`` if ``event`` (Prefect's cancel event of a
     submitted task run) is set first.
 
     A task submitted to Prefect's thread pool runs in a worker thread, where a flow-run
@@ -255,7 +266,9 @@ async def _unless_cancelled(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-                raise asyncio.CancelledError("the task run was cancelled")
+                raise TaskRunCancelled(
+                    "the flow run was cancelled, so Prefect cancelled this task run"
+                )
         return task.result()
     finally:
         if not task.done():
@@ -267,10 +280,13 @@ async def _cancel_killed(client: AsyncRunClient, ref: RunRef, log: Any, why: Bas
     (anyio's scopes and asyncio's own), bounded by ``CANCEL_TIMEOUT``. Once cancelled, the
     run is recorded as such, so a retry of the task launches a new run."""
 
-    stopped = (
-        f"Stopped from outside ({type(why).__name__}: a cancelled flow run, a timeout or an "
-        "interrupt)"
-    )
+    if isinstance(why, TaskRunCancelled):
+        stopped = "The flow run was cancelled"
+    else:
+        stopped = (
+            f"Stopped from outside ({type(why).__name__}: a cancelled flow run, a timeout or an "
+            "interrupt)"
+        )
 
     async def cancel_it() -> None:
         try:

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from ._control import route
 from ._emulator import EmulatedRun, Emulator, Script, json_error
 
 __all__ = ["MAX_BATCH", "REST_BATCH", "REST_CONFIG", "RestEmulator"]
@@ -73,11 +74,30 @@ REST_BATCH: dict[str, Any] = {
 batch=REST_BATCH, **REST_CONFIG)`` checks runs that fall due together in one request."""
 
 
+_status = route("GET", r"^/api/v1/runs/[^/:]+$")
+_batch = route("POST", r"^/api/v1/runs:batchGet$")
+
+
 class RestEmulator(Emulator):
     platform = "rest"
     default_script = Script(
         [("queued", 0.2), ("running", 1.0)], final="succeeded", outputs={"rows": 42}
     )
+    # the control API's script words and fault targets (Script.error_type: no place for it)
+    script_words = {
+        "queued": "queued",
+        "running": "running",
+        "success": "succeeded",
+        "failed": "failed",
+        "cancelled": "cancelled",
+        "unknown": "paused",
+    }
+    raw_states = frozenset(REST_CONFIG["states"])
+    fault_targets = {
+        "launch": route("POST", r"^/api/v1/jobs/[^/]+/runs$"),
+        "status": lambda r: _status(r) or _batch(r),  # one run, or a batchGet
+        "cancel": route("POST", r"^/api/v1/runs/[^/]+/cancel$"),
+    }
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -92,6 +112,9 @@ class RestEmulator(Emulator):
         if mono is None:
             return None
         return (self._wall0 + timedelta(seconds=mono - self._mono0)).isoformat()
+
+    def run_key(self, run: EmulatedRun) -> str | None:
+        return next((key for key, run_id in self._keys.items() if run_id == run.id), None)
 
     def check_auth(self, request: Request) -> JSONResponse | None:
         if self.token and request.headers.get("authorization") != f"Bearer {self.token}":

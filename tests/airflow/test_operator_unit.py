@@ -17,7 +17,9 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from runbridge.airflow_provider import LaunchRunOperator
-from runbridge.airflow_provider.operators import STATE_KEY
+from runbridge.airflow_provider.operators import STATE_KEY, Saved, generation
+from runbridge.core.models import RunRef
+from runbridge.core.planner import LaunchRecord
 from runbridge.testing import Emulator, Script
 
 
@@ -65,13 +67,46 @@ def test_a_retry_reattaches_a_clear_launches_anew(rest: Emulator) -> None:
     assert cleared["ref"] != first["ref"] and len(rest.launches) == 2
     keys = [r.headers.get("idempotency-key") for r in rest.requests_to("POST", "/jobs/")]
     assert keys == ["d/launch/r1/-1", "d/launch/r1/-1#1"]
-    # the records say which generation saved them (no "starting" record: the rest platform
-    # cannot look a launch up by key, its idempotency header answers a repeated launch)
-    assert [(r["generation"], r["action"]) for r in store[STATE_KEY]] == [
-        (1, "launched"),
-        (1, "reattached"),
-        (3, "launched"),
+    # the records say which generation saved them, and the max_tries it saw (no "starting"
+    # record: the rest platform cannot look a launch up by key, its idempotency header
+    # answers a repeated launch)
+    assert [(r["generation"], r["max_tries"], r["action"]) for r in store[STATE_KEY]] == [
+        (1, 1, "launched"),
+        (1, 1, "reattached"),
+        (2, 3, "launched"),
     ]
+    # a retry after the clear stays in generation 2 and re-attaches to its run
+    after = operator().execute(context(store, try_number=4, max_tries=3))
+    assert after["ref"] == cleared["ref"] and len(rest.launches) == 2
+
+
+def test_editing_retries_between_tries_is_not_a_clear(rest: Emulator) -> None:
+    """Only a clear writes max_tries: lowering ``retries`` in the DAG between two tries (the
+    old reckoning, max_tries - retries + 1, took that for a clear) re-attaches."""
+    store = Store()
+    first = operator(retries=2).execute(context(store, try_number=1, max_tries=2))
+    again = operator(retries=0).execute(context(store, try_number=2, max_tries=2))
+    assert again["ref"] == first["ref"] and len(rest.launches) == 1
+
+
+@pytest.mark.parametrize(
+    ("saved", "max_tries", "retries", "expected"),
+    [
+        ([], 5, 1, 1),  # no records: the first generation, whatever max_tries says
+        ([(1, 1)], 1, 1, 1),  # a retry: max_tries unchanged
+        ([(1, 1)], 1, 7, 1),  # retries edited in the DAG: still a retry
+        ([(1, 1)], 3, 1, 2),  # a clear raised max_tries
+        ([(1, 1), (2, 3)], 3, 0, 2),
+        ([(2, 3)], 6, 1, 3),  # cleared again
+        ([(1, None)], 1, 1, 1),  # a record saved before max_tries was kept: the old reckoning
+        ([(1, None)], 3, 1, 3),
+    ],
+)
+def test_generation_counts_changes_of_max_tries(
+    saved: list[tuple[int, int | None]], max_tries: int, retries: int, expected: int
+) -> None:
+    records = [Saved(g, m, LaunchRecord("k", RunRef("rest", "x"), "launched")) for g, m in saved]
+    assert generation(records, max_tries, retries) == expected
 
 
 def test_a_failed_run_fails_for_good_unless_relaunch(rest: Emulator) -> None:
@@ -114,6 +149,7 @@ def test_on_kill_cancels_and_the_next_try_launches_anew(rest: Emulator) -> None:
         "ref": f"rest:{run_id}",
         "action": "cancelled",
         "generation": 1,
+        "max_tries": 1,
     }
     assert errors and "CANCELLED" in str(errors[0])
     result = operator().execute(context(store, 2, 1))

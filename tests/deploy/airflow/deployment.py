@@ -1,0 +1,428 @@
+"""A real Airflow 3.3 deployment on loopback, for the reliability matrix.
+
+:class:`AirflowDeployment` runs ``airflow db migrate`` and then four separate processes from
+this checkout's interpreter: ``airflow scheduler`` (LocalExecutor: SQLite is accepted by 3.3
+for it), ``airflow triggerer``, ``airflow dag-processor`` and ``airflow api-server`` on a port
+chosen by the OS, all with ``AIRFLOW_HOME``, ``HOME``, the dags folder and the SQLite database
+in one temporary directory. The pytest process never imports Airflow: it drives the
+deployment through the api-server's public REST API (``/api/v2``) with a JWT from the simple
+auth manager (``GET /auth/token``, which 3.3 serves when ``simple_auth_manager_all_admins``
+is on), and through signals to the processes it started.
+
+Every process is started in its own session (process group), so :meth:`stop` ends each one
+with its children (the LocalExecutor's workers, the triggerer's trigger runner) by group id,
+never by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+VENV_BIN = Path(sys.executable).parent
+AIRFLOW = str(VENV_BIN / "airflow")
+
+TRIGGERER_HEARTBEAT = 1
+"""``[triggerer] job_heartbeat_sec``: how often a triggerer proves it is alive."""
+TRIGGERER_HEALTH_THRESHOLD = 8
+"""``[triggerer] triggerer_health_check_threshold``: a triggerer silent for longer loses its
+triggers to a live one (``trigger_moved``). Low, so that cell is short; high enough that a
+busy 2-core machine does not move triggers by accident."""
+
+TERMINAL = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
+
+
+class DeploymentError(RuntimeError):
+    """The deployment did not do what a test needed; the message carries the process logs."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def airflow_command(*args: str) -> list[str]:
+    """``airflow ARGS`` with SIGINT back at its default: some orchestrators leave it ignored in
+    the pytest process, and an ignored signal is inherited across exec (a ``preexec_fn`` is
+    not safe in a process with threads)."""
+    restore = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-c", restore, AIRFLOW, *args]
+
+
+@dataclass
+class Process:
+    """One started process (the leader of its own process group) and its log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    job_id: int | None = None
+    """The Airflow job id of a triggerer (its row in the ``job`` table)."""
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, sig)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM to the group, SIGKILL what is left after ``grace`` seconds."""
+        if self.alive():
+            self.signal_group(signal.SIGCONT)  # a stopped group cannot act on SIGTERM
+            self.signal_group(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(grace)
+        self.signal_group(signal.SIGKILL)  # the leader's children (workers, runners) too
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(5)
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+
+@dataclass
+class AirflowDeployment:
+    """Scheduler, triggerer, dag-processor and api-server over one SQLite database."""
+
+    root: Path
+    connections: Mapping[str, str] = field(default_factory=dict)
+    """``AIRFLOW_CONN_<ID>`` values (JSON), set in every process's environment."""
+    parallelism: int = 24
+    processes: dict[str, Process] = field(default_factory=dict)
+    started_in: float = 0.0
+    port: int = 0
+    _token: str | None = None
+    _http: httpx.Client | None = None
+    _triggerers: int = 0
+    _log_ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def dags(self) -> Path:
+        return self.root / "dags"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- processes -----------------------------------------------------------------------
+    def env(self, **extra: str) -> dict[str, str]:
+        """The processes' environment: the caller's without any Airflow setting (another test
+        folder may have pointed AIRFLOW_HOME elsewhere), then this deployment's."""
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("AIRFLOW_", "AIRFLOW__")) and not k.startswith("AIRFLOW_CONN_")
+        }
+        secret = "runbridge-deploy-airflow-" + "x" * 48
+        base.update(
+            {
+                "HOME": str(self.root / "userhome"),
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
+                "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": "0",
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+                "AIRFLOW__API__BASE_URL": self.url,
+                "AIRFLOW__API__SECRET_KEY": secret,
+                "AIRFLOW__API_AUTH__JWT_SECRET": secret,
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self._log_port("worker")),
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+                "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": str(TRIGGERER_HEARTBEAT),
+                "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": str(
+                    TRIGGERER_HEALTH_THRESHOLD
+                ),
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "600",
+            }
+        )
+        base.update({f"AIRFLOW_CONN_{k.upper()}": v for k, v in self.connections.items()})
+        base.update(extra)
+        return base
+
+    def _log_port(self, what: str) -> int:
+        if what not in self._log_ports:
+            self._log_ports[what] = free_port()
+        return self._log_ports[what]
+
+    def spawn(self, name: str, *args: str, **env: str) -> Process:
+        log = self.root / "logs" / f"{name}.log"
+        log.parent.mkdir(exist_ok=True)
+        with log.open("ab") as out:
+            popen = subprocess.Popen(
+                airflow_command(*args),
+                env=self.env(**env),
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        process = Process(name, popen, log)
+        self.processes[name] = process
+        return process
+
+    def start(self, timeout: float = 240.0) -> None:
+        """Migrate the database, start the four processes, wait until all are healthy and
+        every DAG file in the dags folder is parsed."""
+        began = time.monotonic()
+        (self.root / "userhome").mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.dags.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        migrate = subprocess.run(
+            airflow_command("db", "migrate"),
+            env=self.env(),
+            cwd=self.root,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+        )
+        if migrate.returncode:
+            raise DeploymentError(
+                f"airflow db migrate failed ({migrate.returncode}):\n"
+                + migrate.stdout.decode(errors="replace")[-3000:]
+                + migrate.stderr.decode(errors="replace")[-3000:]
+            )
+        self.spawn("api-server", "api-server", "--host", "127.0.0.1", "--port", str(self.port))
+        self.spawn("scheduler", "scheduler")
+        self.spawn("dag-processor", "dag-processor")
+        first = self._spawn_triggerer()
+        self.wait_healthy(deadline=began + timeout)
+        first.job_id = self._new_triggerer_job(set(), deadline=began + timeout)
+        self.started_in = time.monotonic() - began
+
+    def _spawn_triggerer(self) -> Process:
+        self._triggerers += 1
+        name = "triggerer" if self._triggerers == 1 else f"triggerer-{self._triggerers}"
+        return self.spawn(
+            name, "triggerer", AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port())
+        )
+
+    def start_triggerer(self, timeout: float = 120.0) -> Process:
+        """Start one more triggerer (``triggerer-2``...), with its own log port; return once
+        it runs, with its job id."""
+        known = {int(job["id"]) for job in self.triggerer_jobs()}
+        process = self._spawn_triggerer()
+        process.job_id = self._new_triggerer_job(known, deadline=time.monotonic() + timeout)
+        return process
+
+    def triggerer_jobs(self) -> list[dict[str, Any]]:
+        """Every triggerer job the database knows (running or ended)."""
+        answer = self.api("GET", "/jobs", params={"job_type": "TriggererJob", "limit": 100})
+        return list(answer.json()["jobs"])
+
+    def _new_triggerer_job(self, known: set[int], deadline: float) -> int:
+        found: list[int] = []
+
+        def started() -> bool:
+            found[:] = [
+                int(job["id"])
+                for job in self.triggerer_jobs()
+                if int(job["id"]) not in known and job.get("state") == "running"
+            ]
+            return bool(found)
+
+        self._until(deadline, "a new triggerer job", started)
+        return max(found)
+
+    def triggerers(self) -> list[Process]:
+        """The triggerer processes still alive."""
+        return [p for n, p in self.processes.items() if n.startswith("triggerer") and p.alive()]
+
+    def triggerer_for_job(self, job_id: int) -> Process | None:
+        return next((p for p in self.triggerers() if p.job_id == job_id), None)
+
+    def wait_healthy(self, deadline: float, dag_ids: Iterable[str] = ()) -> None:
+        self._until(deadline, "the deployment to be healthy", self._healthy)
+        for dag_id in dag_ids:
+            self.wait_dag(dag_id, deadline)
+
+    def _healthy(self) -> bool:
+        for process in self.processes.values():
+            if not process.alive() and process.name in ("api-server", "scheduler"):
+                raise DeploymentError(f"{process.name} exited:\n{process.tail()}")
+        try:
+            health = httpx.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
+        except (httpx.HTTPError, ValueError):
+            return False
+        return all(
+            (health.get(part) or {}).get("status") == "healthy"
+            for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+        )
+
+    def wait_dag(self, dag_id: str, deadline: float) -> None:
+        def parsed() -> bool:
+            answer = self.api("GET", f"/dags/{dag_id}", ok=(200, 404))
+            return answer.status_code == 200
+
+        self._until(deadline, f"DAG {dag_id} to be parsed", parsed)
+        self.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+        for process in reversed(list(self.processes.values())):
+            process.stop()
+
+    def logs(self, lines: int = 30) -> str:
+        return "\n".join(
+            f"--- {p.name} (pid {p.pid}, {'alive' if p.alive() else 'exited'}) ---\n"
+            + p.tail(lines)
+            for p in self.processes.values()
+        )
+
+    def _until(
+        self, deadline: float, what: str, ready: Callable[[], bool], every: float = 0.5
+    ) -> None:
+        while not ready():
+            if time.monotonic() > deadline:
+                raise DeploymentError(f"timed out waiting for {what}\n{self.logs()}")
+            time.sleep(every)
+
+    # -- the REST API --------------------------------------------------------------------
+    @property
+    def http(self) -> httpx.Client:
+        if self._http is None:
+            self._http = httpx.Client(base_url=f"{self.url}/api/v2", timeout=30)
+        return self._http
+
+    def token(self) -> str:
+        """A JWT from the simple auth manager (everyone is admin in this deployment)."""
+        if self._token is None:
+            answer = httpx.get(f"{self.url}/auth/token", timeout=30)
+            answer.raise_for_status()
+            self._token = str(answer.json()["access_token"])
+        return self._token
+
+    def api(
+        self, method: str, path: str, *, ok: Iterable[int] = (200, 201, 204), **kwargs: Any
+    ) -> httpx.Response:
+        headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {self.token()}"}
+        answer = self.http.request(method, path, headers=headers, **kwargs)
+        if answer.status_code not in tuple(ok):
+            raise DeploymentError(
+                f"{method} /api/v2{path} answered {answer.status_code}: {answer.text[:2000]}"
+            )
+        return answer
+
+    def trigger(self, dag_id: str, conf: Mapping[str, Any]) -> str:
+        """Trigger a DAG run with ``conf``; its run id."""
+        body = {"logical_date": None, "conf": dict(conf)}
+        return str(self.api("POST", f"/dags/{dag_id}/dagRuns", json=body).json()["dag_run_id"])
+
+    def task_instance(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
+        path = f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}"
+        return dict(self.api("GET", path).json())
+
+    def wait_task(
+        self,
+        dag_id: str,
+        run_id: str,
+        task_id: str,
+        until: Callable[[dict[str, Any]], bool],
+        timeout: float,
+        what: str = "",
+    ) -> dict[str, Any]:
+        """Poll the task instance until ``until(ti)``; the task instance."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ti = self.task_instance(dag_id, run_id, task_id)
+            if until(ti):
+                return ti
+            if time.monotonic() > deadline:
+                raise DeploymentError(
+                    f"{dag_id}/{run_id}/{task_id}: timed out after {timeout:.0f} s waiting for "
+                    f"{what or 'a state'}; it is {ti['state']} (try {ti['try_number']})"
+                )
+            time.sleep(0.5)
+
+    def wait_state(
+        self, dag_id: str, run_id: str, task_id: str, states: Iterable[str], timeout: float
+    ) -> dict[str, Any]:
+        wanted = set(states)
+        return self.wait_task(
+            dag_id, run_id, task_id, lambda ti: ti["state"] in wanted, timeout, "/".join(wanted)
+        )
+
+    def set_state(self, dag_id: str, run_id: str, task_id: str, state: str) -> None:
+        """Mark a task instance failed or success, as a user does in the UI."""
+        path = f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}"
+        self.api("PATCH", path, json={"new_state": state})
+
+    def clear(self, dag_id: str, run_id: str, task_ids: list[str]) -> None:
+        """Clear task instances of one DAG run (whatever their state), as a user does."""
+        body = {
+            "dry_run": False,
+            "dag_run_id": run_id,
+            "task_ids": task_ids,
+            "only_failed": False,
+            "reset_dag_runs": True,
+        }
+        self.api("POST", f"/dags/{dag_id}/clearTaskInstances", json=body)
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+        path = (
+            f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}"
+            f"/logs/{try_number}"
+        )
+        answer = self.api("GET", path, params={"full_content": "true"})
+        content = answer.json().get("content")
+        if isinstance(content, list):  # structured log records: one line of JSON each
+            return "\n".join(
+                item if isinstance(item, str) else json.dumps(item) for item in content
+            )
+        return str(content)
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str) -> Any:
+        path = (
+            f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}"
+            f"/xcomEntries/{key}"
+        )
+        answer = self.api("GET", path, ok=(200, 404), params={"deserialize": "true"})
+        return answer.json().get("value") if answer.status_code == 200 else None
+
+
+@contextlib.contextmanager
+def running(deployment: AirflowDeployment) -> Iterator[AirflowDeployment]:
+    """Start the deployment; stop every process it started however the block ends."""
+    try:
+        deployment.start()
+        yield deployment
+    finally:
+        deployment.stop()
