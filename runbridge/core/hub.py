@@ -537,7 +537,14 @@ class Hub:
         wait.ctx.deadline = wait.state.request_deadline()
         self._spawn(wait, self.client._drive(wait.ctx.get(wait.state.ref)))
 
+    def _members(self, waits: list[_Wait]) -> list[_Wait]:
+        """The waits still out in this batch: not ended, cancelled or past their deadline."""
+        return [w for w in waits if self._waits.get(w.key) is w and self.plan.in_batch(w.key)]
+
     async def _batch(self, waits: list[_Wait], attempt: int) -> None:
+        waits = self._members(waits)
+        if not waits:
+            return
         refs = list(dict.fromkeys(w.state.ref for w in waits))
         self.batches_sent += 1
         self.largest_batch = max(self.largest_batch, len(refs))
@@ -555,11 +562,7 @@ class Hub:
         except RunbridgeError as exc:
             answer = exc
         # waits that ended, were cancelled or ran out of time meanwhile are no longer members
-        members = [
-            (w.key, w.state.ref)
-            for w in waits
-            if self._waits.get(w.key) is w and self.plan.in_batch(w.key)
-        ]
+        members = [(w.key, w.state.ref) for w in self._members(waits)]
         outcome = split(members, answer, attempt, max_pause=self.client.hub_options.max_pause)
         now = self.clock()
         if outcome.pause is not None:
@@ -578,12 +581,14 @@ class Hub:
             if wait is not None:
                 self.plan.busy(key)
                 self._advance(wait, status, None)
-        retry = [self._waits[k] for k in outcome.retry_batch if k in self._waits]
+        again = set(outcome.retry_batch)
+        retry = [w for w in waits if w.key in again]
         if retry:
             if outcome.pause is not None:  # after the pause, with whatever else is due then
                 for wait in retry:
                     self.plan.want_check(wait.key, now, wait.state.request_deadline())
-            else:
+            else:  # after the retry policy's first pause (a 5xx is often gone by then)
+                await asyncio.sleep(self.client.retry.first)
                 await self._batch(retry, attempt + 1)
                 return
         for key in outcome.singles:
