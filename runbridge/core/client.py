@@ -568,9 +568,9 @@ class AsyncRunClient(_BaseClient):
     Every wait on one client goes through the client's hub (:mod:`runbridge.core.hub`; one per
     event loop): checks that fall due together are sent as one batch request where the
     provider has one (``Provider.status_many``). ``max_rps`` caps the requests per second of
-    the whole client (every wait, launch and cancel; None: no cap); a 429 pauses every request
-    of the client until its Retry-After. ``coalesce``: how many seconds early a sleeping wait
-    may be checked to share a batch that is going anyway.
+    the whole client (every wait, launch and cancel; None: no cap); a 429 pauses every check of
+    the client until its Retry-After. ``coalesce``: how many seconds early a sleeping wait may
+    be checked to share a batch that is going anyway.
     """
 
     def __init__(
@@ -655,13 +655,13 @@ class AsyncRunClient(_BaseClient):
         return self._long_polls < self._max_long_polls
 
     def throttled(self, now: float, seconds: float) -> None:
-        """The platform asked to slow down (a 429): pause every request of this client."""
+        """The platform asked to slow down (a 429): pause every check of this client's hub."""
         # capped as the retry policy caps a Retry-After (and by the hub's own max_pause)
         limit = min(self.hub_options.max_pause, self.retry.max_retry_after)
         seconds = min(max(0.0, seconds), limit) if seconds == seconds else DEFAULT_PAUSE
         if self.budget.pause(now, seconds):
             logger.warning(
-                "%s: rate limited (HTTP 429); pausing every request of this client for %.1fs",
+                "%s: rate limited (HTTP 429); pausing every check of this client for %.1fs",
                 self.platform,
                 seconds,
             )
@@ -671,7 +671,7 @@ class AsyncRunClient(_BaseClient):
         if delay <= 0:
             self._budget_waiting = False
             return
-        if not self._budget_waiting and self.budget.paused(time.monotonic()) <= 0:
+        if not self._budget_waiting:
             self._budget_waiting = True
             logger.info(
                 "%s: throttling: over the client's budget of %g requests/s; requests wait "
@@ -710,8 +710,8 @@ class AsyncRunClient(_BaseClient):
                 return response
             finally:
                 self._long_polls -= 1
-        # the time limit covers the wait for a slot and for the budget too: a request queued
-        # behind hanging ones (of longer waits), or a paused hub, still ends by its deadline
+        # the time limit covers the wait for a slot and for the budget's turn too: a request
+        # queued behind hanging ones (of longer waits) still ends by its deadline
         queued = True
         try:
             async with _time_limit(budget):

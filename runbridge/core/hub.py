@@ -23,7 +23,8 @@ The rules it keeps:
   bad id cannot block the others; a run missing from an answer, or answered with an error of
   its own (not found), is checked alone, where a 404 is that wait's error alone.
 * **A 429 pauses the hub**: no check of this client is sent before its Retry-After (the
-  :class:`Budget`, shared by every request of the client); the batch is sent again after it.
+  :class:`Budget` of the client records it, whichever request met the 429); the batch is sent
+  again after it. Launches and cancels are not held (a run_timeout's cancel must not wait).
 * **Per-wait deadlines hold inside a batch**: a wait whose request deadline passes while its
   batch is out is detached and sees a timeout, as a single check would.
 * **Blocking calls are bounded** by the client (``max_long_polls``); a join that finds no slot
@@ -38,7 +39,7 @@ import heapq
 import itertools
 import logging
 import math
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, RateLimited, RunbridgeError, TransportError
@@ -96,8 +97,9 @@ class Budget:
     """A token bucket of ``rate`` requests per second (``burst`` at once) and a pause.
 
     :meth:`take` reserves one request and returns how long to wait before sending it (tokens
-    may go negative: later requests queue behind earlier ones in order). :meth:`pause` stops
-    every request until a time (a 429's Retry-After). Pure: ``now`` is passed in."""
+    may go negative: later requests queue behind earlier ones in order). :meth:`pause` records
+    a 429's Retry-After: the hub sends no check before it ends (launches and cancels are not
+    held: a run_timeout's cancel must not wait for a pause). Pure: ``now`` is passed in."""
 
     def __init__(self, rate: float | None = None, burst: int = 10) -> None:
         self.rate = rate
@@ -121,18 +123,15 @@ class Budget:
         return self.paused_until - now
 
     def take(self, now: float) -> float:
-        """Reserve one request; the seconds to wait before sending it."""
-        delay = self.paused(now)
+        """Reserve one request; the seconds to wait before sending it (the rate's turn)."""
         if self.rate is None:
-            return delay
+            return 0.0
         self._refill(now)
         self.tokens -= 1.0
-        if self.tokens < 0:
-            delay = max(delay, -self.tokens / self.rate)
-        return delay
+        return -self.tokens / self.rate if self.tokens < 0 else 0.0
 
     def pause(self, now: float, seconds: float) -> bool:
-        """Hold every request until ``now + seconds``; True when that extends the pause."""
+        """Hold the hub's checks until ``now + seconds``; True when that extends the pause."""
         until = now + max(0.0, seconds)
         if self.paused_until is not None and until <= self.paused_until:
             return False
@@ -578,11 +577,24 @@ class Hub:
 
     # -- performing checks ---------------------------------------------------------------------
     def _single(self, wait: _Wait) -> None:
-        """One run's check with the wait's own retries and deadline (as a wait alone has)."""
+        """One run's check with the wait's own retries and deadline (as a wait alone has);
+        while the hub is paused, sent when the pause ends (or, at the latest, at the wait's
+        deadline, where it is not sent and the wait times out)."""
         self.plan.busy(wait.key)
         self.singles_sent += 1
-        wait.ctx.deadline = wait.state.request_deadline()
-        self._spawn(wait, self.client._drive(wait.ctx.get(wait.state.ref)))
+        deadline = wait.ctx.deadline = wait.state.request_deadline()
+        now = self.clock()
+        hold = self.budget.paused(now)
+        if deadline is not None:
+            hold = min(hold, max(0.0, deadline - now))
+        ctx, ref = wait.ctx, wait.state.ref
+        self._spawn(wait, self._after(hold, lambda: self.client._drive(ctx.get(ref))))
+
+    @staticmethod
+    async def _after(seconds: float, make: Callable[[], Awaitable[Any]]) -> Any:
+        if seconds > 0:
+            await asyncio.sleep(seconds)
+        return await make()
 
     def _members(self, waits: list[_Wait]) -> list[_Wait]:
         """The waits still out in this batch: not ended, cancelled or past their deadline."""

@@ -328,3 +328,23 @@ async def test_hundreds_of_waits_on_one_client_cost_few_requests_and_connections
     assert checks >= n * 2
     assert requests * 20 <= checks, f"{requests} requests for {checks} checks"
     assert 0 < peak <= 10
+
+
+async def test_a_429_pause_never_holds_a_run_timeout_cancel(
+    emu: RestEmulator, hub_client: tuple[AsyncRunClient, Sent]
+) -> None:
+    """The pause holds checks only: the cancels run_timeout calls for go out on time (then the
+    check that confirms them waits for the pause's end)."""
+    client, sent = hub_client
+    ids = runs(emu, 4, running=30.0)
+    emu.inject(Fault("status", status=429, retry_after="2", path=BATCH_PATH, times=1))
+    start = time.monotonic()
+    results = await asyncio.gather(
+        *(client.wait(f"rest:{i}", wait_timeout=20, run_timeout=0.5) for i in ids)
+    )
+    assert [(r.state, r.cancelled_by_runbridge) for r in results] == [
+        (RunState.TIMED_OUT, True)
+    ] * 4
+    cancels = [t - start for t, m, p in sent.log if p.endswith("/cancel")]
+    assert len(cancels) == 4 and max(cancels) < 1.5, cancels  # not after the 2 s pause
+    assert sorted(emu.cancels) == sorted(ids)
