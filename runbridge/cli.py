@@ -1003,6 +1003,8 @@ def emulate(
                     if quiet:
                         continue
                     with emu.lock:
+                        if len(emu.requests) < seen:  # a control API reset forgot them
+                            seen = 0
                         new = emu.requests[seen:]
                         seen = len(emu.requests)
                     for request in new:

@@ -77,6 +77,8 @@ T = TypeVar("T")
 class _Read:
     started: float
     task: asyncio.Task[ClientConfig]
+    gate: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    """Held for one loop turn by each trigger leaving the read (see connection_config)."""
 
 
 _LOOPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Read]] = (
@@ -120,7 +122,13 @@ async def connection_config(runbridge_conn_id: str) -> ClientConfig:
         task.add_done_callback(_retrieve)
         read = reads[runbridge_conn_id] = _Read(now, task)
     # shielded: a trigger cancelled while it waits must not cancel the read others wait for
-    return await asyncio.shield(read.task)
+    config = await asyncio.shield(read.task)
+    # Hundreds of triggers waiting for one read would all resume in the same loop turn and
+    # make their first requests back to back: a stretch of a second or more in which nothing
+    # else runs. They pass this gate one per turn instead (a turn each, nothing awaited).
+    async with read.gate:
+        await asyncio.sleep(0)
+    return config
 
 
 def _failed(read: _Read) -> bool:

@@ -315,9 +315,9 @@ async def record_cancelled(ref: RunRef) -> None:
         await save_record(store_key, LaunchRecord(launch_key, ref, CANCELLED))
 
 
-link_pending: set[RunRef] = set()
-"""Runs launched here whose link artifact waits for a status with the URL (the launch's first
-status read failed)."""
+linked: dict[RunRef, str] = {}
+"""The page URL of each run this process made a link artifact for (one link per run and URL:
+a wait after the launch announces the same URL again)."""
 
 
 def mark_launched(ref: RunRef, store_key: str | None, launch_key: str) -> None:

@@ -475,21 +475,21 @@ class Emulator:
                 self.user_cancels.append(run.id)
             return problem
 
-    def _launch_requests(self, key: str | None) -> int:
+    def _launch_texts(self) -> list[str] | None:
+        """Each launch request as one text (path, headers, body) to look keys up in; None when
+        the platform names no launch request."""
         target = self.fault_targets.get("launch")
-        if key is None or target is None:
-            return 1
-        count = 0
+        if target is None:
+            return None
+        texts = []
         for request in self.requests:
-            if not target(request):
-                continue
-            try:
-                text = json.dumps(request.body, default=str)
-            except (TypeError, ValueError):
-                text = repr(request.body)
-            if key in request.path or key in text or key in request.headers.values():
-                count += 1
-        return count
+            if target(request):
+                try:
+                    body = json.dumps(request.body, default=str)
+                except (TypeError, ValueError):
+                    body = repr(request.body)
+                texts.append("\n".join([request.path, *request.headers.values(), body]))
+        return texts
 
     def record(self) -> dict[str, Any]:
         """What the platform saw: its runs, launches, cancels, the faults met, the requests."""
@@ -497,6 +497,8 @@ class Emulator:
             now = self.now()
             wall = time.time()
             self.refresh(now)
+            texts = self._launch_texts()
+            words = {raw: word for word, raw in list(self.script_words.items())[::-1] if raw}
             runs = []
             for run in list(self.runs.values()):
                 raw, done = self.run_view(run, now)
@@ -507,10 +509,13 @@ class Emulator:
                         "id": run.id,
                         "key": key,
                         "state": raw,
+                        "word": words.get(raw),
                         "finished": done,
                         "cancelled": run.cancelled is not None,
                         "started": wall - (now - started),
-                        "launch_requests": self._launch_requests(key),
+                        "launch_requests": (
+                            1 if key is None or texts is None else sum(key in t for t in texts)
+                        ),
                     }
                 )
             return {

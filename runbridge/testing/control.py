@@ -173,8 +173,9 @@ class EmulatorControl:
         states: tuple[str, ...] = (),
         finished: bool | None = None,
     ) -> dict[str, Any]:
-        """Wait until the run (``None``: the newest) is in one of ``states`` (raw states) and/or
-        ``finished`` is as given; the run's entry of the record then."""
+        """Wait until the run (``None``: the newest) is in one of ``states`` (raw states, or the
+        generic words of the control API: ``running`` is Flyte's ``ACTION_PHASE_RUNNING``)
+        and/or ``finished`` is as given; the run's entry of the record then."""
 
         def match(record: dict[str, Any]) -> dict[str, Any] | None:
             runs = sorted(record["runs"], key=lambda r: r["started"])
@@ -183,7 +184,7 @@ class EmulatorControl:
             if not runs:
                 return None
             run: dict[str, Any] = runs[-1]
-            if states and run["state"] not in states:
+            if states and run["state"] not in states and run.get("word") not in states:
                 return None
             if finished is not None and run["finished"] != finished:
                 return None

@@ -138,6 +138,8 @@ _ALIASES = {
 }
 
 
+ERROR_KINDS = frozenset({"KIND_USER", "KIND_SYSTEM"})
+"""The ``errorInfo.kind`` values a script's ``error_type`` may give (else ``KIND_USER``)."""
 UNKNOWN_PHASE = "ACTION_PHASE_RUNBRIDGE_UNKNOWN"
 """Not an ActionPhase: what the control API's ``unknown`` script word becomes (the JSON codec
 only; the proto codec cannot encode it)."""
@@ -327,7 +329,7 @@ class FlyteEmulator(Emulator):
         ],
         final="ACTION_PHASE_SUCCEEDED",
     )
-    # the control API's script words and fault targets (Script.error_type: no place for it)
+    # the control API's script words and fault targets (Script.error_type: errorInfo.kind)
     script_words: ClassVar[Mapping[str, str | None]] = {
         "queued": "ACTION_PHASE_QUEUED",
         "running": "ACTION_PHASE_RUNNING",
@@ -468,7 +470,8 @@ class FlyteEmulator(Emulator):
         if raw == "ACTION_PHASE_SUCCEEDED":
             attempt["outputs"] = {"outputUri": self._outputs_uri(run)}
         if raw in ("ACTION_PHASE_FAILED", "ACTION_PHASE_TIMED_OUT"):
-            error = {"message": run.script.message or "task failed", "kind": "KIND_USER"}
+            kind = run.script.error_type if run.script.error_type in ERROR_KINDS else "KIND_USER"
+            error = {"message": run.script.message or "task failed", "kind": kind}
             attempt["errorInfo"] = error
             if raw == "ACTION_PHASE_FAILED":
                 details["errorInfo"] = dict(error)

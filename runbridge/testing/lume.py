@@ -106,7 +106,7 @@ class LumeEmulator(Emulator):
         final="SUCCEEDED",
     )
     # the control API's script words and fault targets: Lume has no cancel (no "cancelled"
-    # state, no cancel request, no cancel_run) and no error type (Script.error_type)
+    # state, no cancel request, no cancel_run); Script.error_type is the error's error_code
     script_words = {
         "queued": "CREATED",
         "running": "TRANSFORMING",
@@ -218,7 +218,8 @@ class LumeEmulator(Emulator):
             meta["errors"] = [
                 {
                     "stage": stage,
-                    "error_code": "INTERNAL_ERROR" if crashed else "TRANSFORMATION_FAILED",
+                    "error_code": run.script.error_type
+                    or ("INTERNAL_ERROR" if crashed else "TRANSFORMATION_FAILED"),
                     "message": run.script.message
                     or ("the run terminated unexpectedly" if crashed else "the run failed"),
                 }

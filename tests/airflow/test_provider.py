@@ -86,9 +86,14 @@ def test_the_ui_connection_form_metadata() -> None:
         "request_timeout",
         "retry",
         "poll",
+        "poll_max_interval",
         "error_window",
         "max_body",
     }
+    # issue 14: the poll cap is a visible field of the form, a number (not masked)
+    cap = meta.extra_fields["poll_max_interval"]
+    assert cap["schema"]["type"] == ["number", "null"] and "format" not in cap["schema"]
+    assert "10 s" in cap["description"]
 
 
 def test_airflow_providers_get_shows_runbridge() -> None:

@@ -61,6 +61,17 @@ def test_wandb_run_url_defaults_to_the_app_of_the_clients_base_url(api: str, pag
     assert status.url == page
 
 
+@pytest.mark.parametrize("api", WANDB_APIS)
+def test_a_wandb_run_page_reads_back_as_its_run(api: str) -> None:
+    """A sensor may be given the page a launch logged: every default URL reads back."""
+    provider = WandB()
+    provider.base_url = api
+    ref = RunRef("wandb", "run 1/x", {"entity": "acme team", "project": "vision"})
+    page = provider.run_url(ref)
+    assert page is not None
+    assert provider.make_ref(page) == ref
+
+
 def test_wandb_app_url_option_wins_and_empty_means_no_url() -> None:
     chosen = WandB(app_url="https://wandb.ai")
     chosen.base_url = "https://api.wandb.ai"

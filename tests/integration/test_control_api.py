@@ -102,8 +102,9 @@ def test_a_scripted_long_run_is_seen_running(
 ) -> None:
     control.script(LONG)
     ref = client.launch(params(emu))
-    run = control.wait_for_state(None, 10, states=(running(emu),))
+    run = control.wait_for_state(None, 10, states=("running",))  # the generic word
     assert run["finished"] is False
+    assert (run["state"], run["word"]) == (running(emu), "running")
     time.sleep(0.3)
     status = client.get(ref)
     assert status.state is RunState.RUNNING
@@ -141,6 +142,8 @@ def test_a_launch_fault_after_the_effect_leaves_one_run(
         assert status.state is RunState.SUCCEEDED
     record = control.record()
     assert record["launches"] == 1 and len(record["runs"]) == 1
+    if emu.platform == "rest":  # resent with its Idempotency-Key: two requests, one run
+        assert record["runs"][0]["key"] == key and record["runs"][0]["launch_requests"] == 2
     (met,) = record["faults_met"]
     assert met["label"] == "drop after on launch" and met["answered"] is not None
     assert record["faults_pending"] == []
@@ -450,3 +453,31 @@ def test_emulate_refuses_bad_options_at_once(option: str, value: str, says: str)
     result = CliRunner().invoke(cli, ["emulate", "--platform", "rest", option, value])
     assert result.exit_code == 2, result.output
     assert says in result.output and "Traceback" not in result.output
+
+
+ERROR_TYPES = {
+    "langgraph": "QuotaError",
+    "flyte": "KIND_SYSTEM",
+    "vi": "OOMKilled",
+    "lume": "E_QUOTA",
+}
+SHOWN = {"langgraph": "QuotaError", "flyte": "system error", "vi": "OOMKilled", "lume": "E_QUOTA"}
+
+
+def test_a_scripts_error_type_reaches_the_message_where_the_platform_has_one(
+    emu: Emulator, control: EmulatorControl, client: RunClient
+) -> None:
+    """rest and W&B have no place for an error type (docs/testing.md); the others show it."""
+    if emu.platform not in ERROR_TYPES:
+        pytest.skip(f"{emu.platform} runs carry no error type")
+    control.script(
+        {
+            "steps": [["running", 0.1]],
+            "final": "failed",
+            "message": MESSAGE,
+            "error_type": ERROR_TYPES[emu.platform],
+        }
+    )
+    status = client.wait(client.launch(params(emu)), 20)
+    assert status.state is RunState.FAILED
+    assert SHOWN[emu.platform] in (status.message or "") and MESSAGE in (status.message or "")

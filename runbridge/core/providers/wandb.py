@@ -36,7 +36,7 @@ import hashlib
 import json
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from ..conditions import Condition, evaluate, parse_conditions
 from ..errors import (
@@ -304,8 +304,12 @@ class WandB(Provider):
         scope = dict(ref.scope)
         run_id = ref.id
         if "/" in run_id and scope.get("kind") != "queued":  # (item ids are base64: "/" is data)
-            path = urlsplit(run_id).path if "://" in run_id else run_id
-            parts = [part for part in path.split("/") if part]
+            if "://" in run_id:  # a run page URL, as run_url builds it (parts URL-quoted)
+                parts = [unquote(part) for part in urlsplit(run_id).path.split("/") if part]
+                if len(parts) > 4 and parts[-2] == "runs":  # an app under a path (Forge's /wandb)
+                    parts = parts[-4:]
+            else:
+                parts = [part for part in run_id.split("/") if part]
             if len(parts) == 4 and parts[2] == "runs":
                 parts = [parts[0], parts[1], parts[3]]
             if len(parts) != 3:

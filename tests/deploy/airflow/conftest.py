@@ -7,7 +7,7 @@ dags/runbridge_matrix.py, and hands the tests a :class:`~tests.deploy.airflow.ce
 Everything it started is stopped at the end of the session, also when a test fails. The
 pytest process never imports Airflow.
 
-``RUNBRIDGE_AIRFLOW_CONCURRENCY`` (default 18) bounds how many cells run at once (and so the
+``RUNBRIDGE_AIRFLOW_CONCURRENCY`` (default 12) bounds how many cells run at once (and so the
 emulators per platform); ``RUNBRIDGE_AIRFLOW_KEEP=1`` keeps the deployment's directory (logs,
 database) after the session.
 """
@@ -48,7 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def airflow_cells(request: pytest.FixtureRequest) -> Iterator[CellRunner]:
     began = time.monotonic()
     cells = selected_cells(request.session.items)
-    concurrency = int(os.environ.get("RUNBRIDGE_AIRFLOW_CONCURRENCY", "18"))
+    concurrency = int(os.environ.get("RUNBRIDGE_AIRFLOW_CONCURRENCY", "12"))
     per_platform: dict[str, int] = {}
     for cell in cells:
         per_platform[cell.platform] = per_platform.get(cell.platform, 0) + 1

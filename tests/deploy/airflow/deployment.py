@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,16 @@ TRIGGERER_HEALTH_THRESHOLD = 8
 """``[triggerer] triggerer_health_check_threshold``: a triggerer silent for longer loses its
 triggers to a live one (``trigger_moved``). Low, so that cell is short; high enough that a
 busy 2-core machine does not move triggers by accident."""
+
+SQLITE_BUSY_TIMEOUT = 60
+SQLITE_ARGS = f"""# connect_args of the deployment's SQLite engines (sync and async)
+SYNC = {{"timeout": {SQLITE_BUSY_TIMEOUT}}}
+ASYNC = {{"timeout": {SQLITE_BUSY_TIMEOUT}}}
+"""
+
+API_ATTEMPTS = 6
+PAGE = 1000
+"""Task instances read per request by the watch (``[api] maximum_page_limit``)."""
 
 TERMINAL = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 
@@ -121,6 +132,10 @@ class AirflowDeployment:
     _http: httpx.Client | None = None
     _triggerers: int = 0
     _log_ports: dict[str, int] = field(default_factory=dict)
+    _reads: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(4))
+    _writes: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(1))
+    _watch: TaskInstanceWatch | None = None
+    _watch_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def home(self) -> Path:
@@ -157,7 +172,15 @@ class AirflowDeployment:
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+                # SQLite allows one writer at a time: wait for the lock (sqlite3's default is
+                # 5 s, which a busy 2-core machine exceeds: "database is locked")
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "rb_sqlite_args.SYNC",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "rb_sqlite_args.ASYNC",
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(self.root / "pylib"), os.environ.get("PYTHONPATH")) if p
+                ),
                 "AIRFLOW__API__BASE_URL": self.url,
+                "AIRFLOW__API__MAXIMUM_PAGE_LIMIT": str(PAGE),
                 "AIRFLOW__API__SECRET_KEY": secret,
                 "AIRFLOW__API_AUTH__JWT_SECRET": secret,
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self._log_port("worker")),
@@ -167,6 +190,8 @@ class AirflowDeployment:
                     TRIGGERER_HEALTH_THRESHOLD
                 ),
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+                # a task's calls to the execution API wait for SQLite's lock like the rest
+                "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "600",
             }
         )
@@ -201,6 +226,8 @@ class AirflowDeployment:
         every DAG file in the dags folder is parsed."""
         began = time.monotonic()
         (self.root / "userhome").mkdir(parents=True, exist_ok=True)
+        (self.root / "pylib").mkdir(parents=True, exist_ok=True)
+        (self.root / "pylib" / "rb_sqlite_args.py").write_text(SQLITE_ARGS)
         self.home.mkdir(parents=True, exist_ok=True)
         self.dags.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -294,6 +321,8 @@ class AirflowDeployment:
         self.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
 
     def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
         if self._http is not None:
             self._http.close()
             self._http = None
@@ -319,7 +348,11 @@ class AirflowDeployment:
     @property
     def http(self) -> httpx.Client:
         if self._http is None:
-            self._http = httpx.Client(base_url=f"{self.url}/api/v2", timeout=30)
+            self._http = httpx.Client(
+                base_url=f"{self.url}/api/v2",
+                timeout=60,
+                limits=httpx.Limits(max_connections=8, max_keepalive_connections=8),
+            )
         return self._http
 
     def token(self) -> str:
@@ -333,18 +366,45 @@ class AirflowDeployment:
     def api(
         self, method: str, path: str, *, ok: Iterable[int] = (200, 201, 204), **kwargs: Any
     ) -> httpx.Response:
+        """One call of the REST API. SQLite takes one writer at a time, so writes go one by
+        one; a 5xx ("database is locked") or a timeout is tried again (every call made here
+        is idempotent: a DAG run is triggered with its own id, and 409 means it exists)."""
         headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {self.token()}"}
-        answer = self.http.request(method, path, headers=headers, **kwargs)
-        if answer.status_code not in tuple(ok):
-            raise DeploymentError(
-                f"{method} /api/v2{path} answered {answer.status_code}: {answer.text[:2000]}"
-            )
-        return answer
+        gate = self._reads if method == "GET" else self._writes
+        last = ""
+        for attempt in range(API_ATTEMPTS):
+            if attempt:
+                time.sleep(min(2.0**attempt, 10.0))
+            try:
+                with gate:
+                    answer = self.http.request(method, path, headers=headers, **kwargs)
+            except httpx.TransportError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            if answer.status_code >= 500:
+                last = f"{answer.status_code}: {answer.text[:500]}"
+                continue
+            if answer.status_code not in tuple(ok):
+                raise DeploymentError(
+                    f"{method} /api/v2{path} answered {answer.status_code}: {answer.text[:2000]}"
+                )
+            return answer
+        raise DeploymentError(f"{method} /api/v2{path} failed {API_ATTEMPTS} times; last: {last}")
 
-    def trigger(self, dag_id: str, conf: Mapping[str, Any]) -> str:
-        """Trigger a DAG run with ``conf``; its run id."""
-        body = {"logical_date": None, "conf": dict(conf)}
-        return str(self.api("POST", f"/dags/{dag_id}/dagRuns", json=body).json()["dag_run_id"])
+    def trigger(self, dag_id: str, conf: Mapping[str, Any], run_id: str | None = None) -> str:
+        """Trigger a DAG run with ``conf`` (and ``run_id``, default a new unique one)."""
+        run_id = run_id or f"rb__{time.time_ns()}"
+        body = {"dag_run_id": run_id, "logical_date": None, "conf": dict(conf)}
+        self.api("POST", f"/dags/{dag_id}/dagRuns", json=body, ok=(200, 409))
+        return run_id
+
+    # -- task instances, watched together ---------------------------------------------------
+    def watch(self) -> TaskInstanceWatch:
+        """The one poller of every task instance (started on first use)."""
+        with self._watch_lock:
+            if self._watch is None:
+                self._watch = TaskInstanceWatch(self)
+            return self._watch
 
     def task_instance(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
         path = f"/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}"
@@ -359,18 +419,21 @@ class AirflowDeployment:
         timeout: float,
         what: str = "",
     ) -> dict[str, Any]:
-        """Poll the task instance until ``until(ti)``; the task instance."""
+        """Wait until ``until(ti)`` holds for the task instance (as last seen by the watch,
+        a second old at most); the task instance."""
         deadline = time.monotonic() + timeout
+        watch = self.watch()
         while True:
-            ti = self.task_instance(dag_id, run_id, task_id)
-            if until(ti):
+            ti = watch.get(dag_id, run_id, task_id)
+            if ti is not None and until(ti):
                 return ti
             if time.monotonic() > deadline:
+                seen = f"{ti['state']} (try {ti['try_number']})" if ti else "not seen"
                 raise DeploymentError(
                     f"{dag_id}/{run_id}/{task_id}: timed out after {timeout:.0f} s waiting for "
-                    f"{what or 'a state'}; it is {ti['state']} (try {ti['try_number']})"
+                    f"{what or 'a state'}; it is {seen}"
                 )
-            time.sleep(0.5)
+            watch.changed(1.0)
 
     def wait_state(
         self, dag_id: str, run_id: str, task_id: str, states: Iterable[str], timeout: float
@@ -416,6 +479,56 @@ class AirflowDeployment:
         )
         answer = self.api("GET", path, ok=(200, 404), params={"deserialize": "true"})
         return answer.json().get("value") if answer.status_code == 200 else None
+
+
+class TaskInstanceWatch:
+    """Reads every task instance of the deployment about once a second, in one thread, so
+    that many cells waiting at once cost one request per second, not one each."""
+
+    def __init__(self, deployment: AirflowDeployment, every: float = 1.0) -> None:
+        self.deployment = deployment
+        self.every = every
+        self._seen: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._loop, name="ti-watch", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                answer = self.deployment.api(
+                    "GET",
+                    "/dags/~/dagRuns/~/taskInstances",
+                    params={"limit": PAGE, "order_by": "-id"},
+                )
+                seen = {
+                    (ti["dag_id"], ti["dag_run_id"], ti["task_id"]): ti
+                    for ti in answer.json()["task_instances"]
+                }
+                self.error = None
+            except DeploymentError as exc:
+                self.error = str(exc)
+                seen = None
+            with self._cond:
+                if seen is not None:
+                    self._seen = seen
+                self._cond.notify_all()
+            self._stop.wait(self.every)
+
+    def get(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any] | None:
+        with self._cond:
+            return self._seen.get((dag_id, run_id, task_id))
+
+    def changed(self, timeout: float) -> None:
+        """Wait for the next reading (or ``timeout``)."""
+        with self._cond:
+            self._cond.wait(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
 
 
 @contextlib.contextmanager

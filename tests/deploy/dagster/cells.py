@@ -41,21 +41,24 @@ TOKEN_ENV = "RUNBRIDGE_DEPLOY_TOKEN"
 JOBS = {"dagster-op": ("op_job", "external"), "dagster-asset": ("asset_job", "external_asset")}
 """Column -> (job, the step's op name: where its run config goes)."""
 CLIENT = {
-    "poll_interval": 0.1,
+    "poll_interval": 0.25,
     "poll_backoff": 1.0,
-    "poll_max_interval": 0.25,
+    "poll_max_interval": 0.5,
     "request_timeout": 5.0,
     "request_attempts": 5,
     "error_window": 60.0,
 }
-"""Resource fields of every cell: poll every 100-250 ms."""
+"""Resource fields of every cell: poll every 250-500 ms (runs last 2 s and more)."""
 RUNS_AT_ONCE = {"terminate": 2}
 """Rows whose cell starts several Dagster runs (terminated together)."""
 RETRIED = frozenset({"worker_sigkill", "crash_before_record"})
 """Rows whose run the daemon retries (``dagster/max_retries``) after its worker dies."""
 TIMEOUTS = {"wait_timeout": {"wait_timeout": 3.0}, "run_timeout": {"run_timeout": 3.0}}
+REEXECUTED = "reexecute_from_failure"
+"""Not a matrix row (tests/deploy/dagster/test_dagster_matrix.py): the run worker is killed,
+no retry is configured, and the user re-executes the failed run from failure."""
 ACTED = frozenset(
-    {"platform_cancel", "terminate", "no_cancel_on_kill", "user_kill", "worker_sigkill"}
+    {"platform_cancel", "terminate", "no_cancel_on_kill", "user_kill", "worker_sigkill", REEXECUTED}
 )
 """Rows with an action once the step waits for its run."""
 CELL_TIMEOUT = 150.0
@@ -220,10 +223,18 @@ def run_cell(
         control.inject(kind="delay", seconds=20.0, when="after", on="launch")
     job, _ = JOBS[cell.column]
     config = run_config(cell, server, **options)
-    run_ids = [deployment.submit(job, run_config=config, tags=tags) for _ in range(n)]
+    with ThreadPoolExecutor(n) as submitting:  # several runs: submitted at once too
+        run_ids = list(
+            submitting.map(lambda _: deployment.submit(job, run_config=config, tags=tags), range(n))
+        )
 
     act(deployment, server, cell, run_ids)
 
+    if row.id == REEXECUTED:  # the UI's "Re-execute from failure" of the crashed run
+        crashed = [deployment.wait_finished(run_id, CELL_TIMEOUT) for run_id in run_ids]
+        if any(r["status"] != "FAILURE" for r in crashed):
+            raise AssertionError(f"a run whose worker was killed did not fail: {crashed}")
+        run_ids = [deployment.reexecute(run_id) for run_id in run_ids]
     finals = [final_run(deployment, run_id, retried=row.id in RETRIED) for run_id in run_ids]
     result.runs = finals
     states = {TASK_STATE.get(r["status"], r["status"]) for r in finals}
@@ -278,7 +289,7 @@ def act(
     elif row.id == "user_kill":
         for run_id in run_ids:
             kill_worker(deployment, run_id, signal.SIGTERM)
-    elif row.id == "worker_sigkill":
+    elif row.id in ("worker_sigkill", REEXECUTED):
         for run_id in run_ids:
             kill_worker(deployment, run_id, signal.SIGKILL)
 

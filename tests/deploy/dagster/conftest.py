@@ -7,7 +7,8 @@ hold the token, and hands the tests a :class:`~tests.deploy.dagster.cells.CellRu
 started every selected cell. Everything it started is stopped at the end of the session, also
 when a test fails. The pytest process never imports Dagster.
 
-``RUNBRIDGE_DAGSTER_CONCURRENCY`` (default 8) bounds how many cells run at once.
+``RUNBRIDGE_DAGSTER_CONCURRENCY`` (default 6) bounds how many cells run at once. The daemon
+is started only when a selected cell needs it (a run the daemon retries).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.dagster.cells import Cell, CellRunner, EmulatorPool
+from tests.deploy import matrix
+from tests.deploy.dagster.cells import RETRIED, Cell, CellRunner, EmulatorPool
 from tests.deploy.dagster.deployment import DagsterDeployment
 
 TIMINGS: dict[str, Any] = {}
@@ -31,9 +33,15 @@ def selected_cells(items: list[pytest.Item]) -> list[Cell]:
     cells = []
     for item in items:
         params: dict[str, Any] = getattr(getattr(item, "callspec", None), "params", {})
-        if item.get_closest_marker("matrix_cell") is None or "row" not in params:
-            continue
-        if str(params.get("column", "")).startswith("dagster-"):
+        skipped = item.get_closest_marker("skip") is not None or any(
+            m.args and m.args[0] for m in item.iter_markers("skipif")
+        )
+        row = params.get("row")
+        if (
+            not skipped
+            and isinstance(row, matrix.Row)
+            and str(params.get("column", "")).startswith("dagster-")
+        ):
             cells.append(Cell(params["column"], params["row"], params["platform"]))
     return cells
 
@@ -42,7 +50,7 @@ def selected_cells(items: list[pytest.Item]) -> list[Cell]:
 def dagster_cells(request: pytest.FixtureRequest) -> Iterator[CellRunner]:
     began = time.monotonic()
     cells = selected_cells(request.session.items)
-    concurrency = int(os.environ.get("RUNBRIDGE_DAGSTER_CONCURRENCY", "8"))
+    concurrency = int(os.environ.get("RUNBRIDGE_DAGSTER_CONCURRENCY", "6"))
     per_platform: dict[str, int] = {}
     for cell in cells:
         per_platform[cell.platform] = per_platform.get(cell.platform, 0) + 1
@@ -51,7 +59,8 @@ def dagster_cells(request: pytest.FixtureRequest) -> Iterator[CellRunner]:
     pool = EmulatorPool(sizes, token)
     runner: CellRunner | None = None
     try:
-        with DagsterDeployment.running(token=token) as deployment:
+        daemon = any(cell.row.id in RETRIED for cell in cells)
+        with DagsterDeployment.running(token=token, daemon=daemon) as deployment:
             TIMINGS["startup_seconds"] = time.monotonic() - began
             TIMINGS["deployment_seconds"] = deployment.startup_seconds
             runner = CellRunner(deployment, pool, concurrency)

@@ -10,7 +10,8 @@
   socket, with the platform's connection in its environment (run workers inherit it);
 * ``dagster-webserver`` on a free loopback port: runs are submitted, terminated and re-executed
   through its GraphQL API, as the UI does;
-* ``dagster-daemon run``: run retries after a crashed run worker, run monitoring, sensors.
+* ``dagster-daemon run``: run retries after a crashed run worker, run monitoring, sensors
+  (left out when no cell needs it).
 
 Every process starts in its own session (process group) with SIGINT restored to its default
 (the pytest process may ignore it, and a run worker is interrupted by SIGINT when its run is
@@ -68,8 +69,8 @@ run_retries:
 run_monitoring:
   enabled: true
   poll_interval_seconds: 2
-  start_timeout_seconds: 60
-  cancel_timeout_seconds: 30
+  start_timeout_seconds: 300
+  cancel_timeout_seconds: 120
 """
 
 WORKSPACE_YAML = """\
@@ -106,9 +107,11 @@ class DagsterDeployment:
     # -- lifecycle -----------------------------------------------------------------------
     @classmethod
     @contextlib.contextmanager
-    def running(cls, *, token: str) -> Iterator[DagsterDeployment]:
+    def running(cls, *, token: str, daemon: bool = True) -> Iterator[DagsterDeployment]:
         """The deployment, its processes given ``token`` as ``RUNBRIDGE_DEPLOY_TOKEN``;
-        stopped (every process group killed, files removed) on exit."""
+        stopped (every process group killed, files removed) on exit. ``daemon=False`` leaves
+        out ``dagster-daemon`` (nothing then retries runs or monitors them: for cells that
+        need neither, it saves a process that polls the storage all along)."""
         started = time.monotonic()
         # short: a Unix socket path must fit in 108 bytes
         root = Path(tempfile.mkdtemp(prefix="rb-dg-"))
@@ -126,6 +129,8 @@ class DagsterDeployment:
             "DAGSTER_HOME": str(home),
             "HOME": str(root),  # anything written under $HOME lands here
             "DAGSTER_EVENT_LOG_CONSUMER_DAEMON_INTERVAL_SECONDS": "1",
+            # a launch waits for the run worker to load the code: slow on a busy machine
+            "DAGSTER_GRPC_TIMEOUT_SECONDS": "300",
             "RUNBRIDGE_DEPLOY_TOKEN": token,
             "PYTHONUNBUFFERED": "1",
         }
@@ -160,12 +165,16 @@ class DagsterDeployment:
                     str(root / "workspace.yaml"),
                 ],
             )
-            deployment._spawn(
-                "daemon",
-                [str(BIN / "dagster-daemon"), "run", "-w", str(root / "workspace.yaml")],
-            )
+            if daemon:
+                deployment._spawn(
+                    "daemon",
+                    [str(BIN / "dagster-daemon"), "run", "-w", str(root / "workspace.yaml")],
+                )
             deployment._wait_for_web()
-            deployment._wait_for_log("daemon", "Instance is configured with the following daemons")
+            if daemon:
+                deployment._wait_for_log(
+                    "daemon", "Instance is configured with the following daemons"
+                )
             deployment.startup_seconds = time.monotonic() - started
             yield deployment
         finally:
@@ -250,7 +259,11 @@ class DagsterDeployment:
         answer = self._http.post(
             f"{self.web_url}/graphql", json={"query": query, "variables": dict(variables or {})}
         )
-        answer.raise_for_status()
+        if answer.status_code >= 400:
+            raise RuntimeError(
+                f"GraphQL answered {answer.status_code}: {answer.text[:1000]}\n"
+                f"web server log:\n{self.log_text('webserver')[-3000:]}"
+            )
         body = answer.json()
         if body.get("errors"):
             raise RuntimeError(f"GraphQL errors: {body['errors']}")

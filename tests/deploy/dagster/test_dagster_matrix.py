@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.deploy import matrix
-from tests.deploy.dagster.cells import Cell, CellRunner
+from tests.deploy.dagster.cells import REEXECUTED, Cell, CellRunner
 
 KNOWN_DEFECTS: dict[tuple[str, str], str] = {}
 """(column, row) -> reason: cells that fail for a known, reported defect (strict xfail)."""
@@ -39,6 +39,36 @@ def _cells() -> Iterator[Any]:
 
 @pytest.mark.parametrize(("column", "row", "platform"), list(_cells()))
 def test_cell(column: str, row: matrix.Row, platform: str, dagster_cells: CellRunner) -> None:
+    result = dagster_cells.result(Cell(column, row, platform))
+    assert result.crashed is None, f"{result.describe()}\ncould not run: {result.crashed}"
+    assert not result.problems, f"{result.describe()}\n" + "\n".join(
+        f"- {p}" for p in result.problems
+    )
+
+
+REEXECUTION = matrix.Row(
+    REEXECUTED,
+    "the run worker is SIGKILLed after the launch, no retry is configured; the user re-executes "
+    "the failed Dagster run from failure: the new run re-attaches (one launch)",
+    "success",
+    1,
+    0,
+    False,
+    matrix.DAGSTER,
+    scripts=({"steps": [["queued", 0.2], ["running", 8.0]], "final": "success"},),
+    expect_run="finished",
+)
+"""Not a row of the shared matrix (its ``flow_restart`` is Prefect's): Dagster's own
+re-execution, through GraphQL's ``launchRunReexecution`` as the UI's button does."""
+
+
+@pytest.mark.skipif(not matrix.full(), reason="RUNBRIDGE_MATRIX=full only (a crash, then a run)")
+@pytest.mark.parametrize("platform", matrix.platforms())
+@pytest.mark.parametrize("column", matrix.DAGSTER)
+@pytest.mark.parametrize("row", [REEXECUTION], ids=[REEXECUTED])
+def test_reexecution_from_failure_reattaches(
+    column: str, row: matrix.Row, platform: str, dagster_cells: CellRunner
+) -> None:
     result = dagster_cells.result(Cell(column, row, platform))
     assert result.crashed is None, f"{result.describe()}\ncould not run: {result.crashed}"
     assert not result.problems, f"{result.describe()}\n" + "\n".join(
