@@ -34,6 +34,7 @@ The rules it keeps:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import heapq
 import itertools
@@ -392,6 +393,9 @@ class _Wait:
     state: WaitState
     steps: Any
     future: asyncio.Future[RunStatus]
+    context: contextvars.Context
+    """The caller's context: the wait is stepped, and its requests run, in it (an
+    orchestrator's run logger, log context and the like follow each wait's events)."""
     task: asyncio.Future[Any] | None = None
     """The single check, join, cancel or inbox sleep under way for it."""
     step: Any = None
@@ -428,7 +432,7 @@ class Hub:
             state, ctx.clock, ctx.wall, ctx.rand, ctx.emit, ctx.retry.max_retry_after
         )
         key = next(self._ids)
-        wait = _Wait(key, ctx, state, steps, loop.create_future())
+        wait = _Wait(key, ctx, state, steps, loop.create_future(), contextvars.copy_context())
         self._waits[key] = wait
         self.plan.add(key, state.ref, self.client.provider.batch_key(state.ref))
         try:
@@ -453,9 +457,13 @@ class Hub:
 
     # -- stepping one wait -------------------------------------------------------------------
     def _advance(self, wait: _Wait, value: Any, error: BaseException | None) -> None:
-        """Send ``value`` (or throw ``error``) into the wait and dispatch its next step."""
+        """Send ``value`` (or throw ``error``) into the wait and dispatch its next step, in the
+        wait's own context (whichever callback or tick calls this)."""
         if wait.key not in self._waits or wait.future.done():
             return
+        wait.context.run(self._step, wait, value, error)
+
+    def _step(self, wait: _Wait, value: Any, error: BaseException | None) -> None:
         wait.task = None
         try:
             step = wait.steps.throw(error) if error is not None else wait.steps.send(value)

@@ -6,6 +6,7 @@ while its batch is out, a 429 pausing the hub; and hundreds of waits on one clie
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -348,3 +349,28 @@ async def test_a_429_pause_never_holds_a_run_timeout_cancel(
     cancels = [t - start for t, m, p in sent.log if p.endswith("/cancel")]
     assert len(cancels) == 4 and max(cancels) < 1.5, cancels  # not after the 2 s pause
     assert sorted(emu.cancels) == sorted(ids)
+
+
+_WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+
+
+async def test_each_waits_events_come_in_its_callers_context(
+    emu: RestEmulator, hub_client: tuple[AsyncRunClient, Sent]
+) -> None:
+    """Orchestrators find their run (Prefect's run logger, Airflow's log context) in context
+    variables: a wait's events, answered by a batch or a tick, come in its caller's context."""
+    client, _ = hub_client
+    ids = runs(emu, 6, running=0.4)
+    seen: dict[str, set[str]] = {}
+
+    def hook(event: Any) -> None:
+        if event.ref is not None:
+            seen.setdefault(event.ref.id, set()).add(_WHO.get())
+
+    async def one(run_id: str) -> RunState:
+        _WHO.set(run_id)
+        return (await client.wait(f"rest:{run_id}", wait_timeout=20, on_event=hook)).state
+
+    assert await asyncio.gather(*(one(i) for i in ids)) == [RunState.SUCCEEDED] * 6
+    assert emu.batches
+    assert seen == {i: {i} for i in ids}
