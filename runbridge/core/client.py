@@ -24,8 +24,10 @@ import base64
 import contextlib
 import contextvars
 import inspect
+import logging
 import sys
 import time
+import weakref
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
@@ -46,15 +48,18 @@ from .config import (
 from .errors import ConfigError, ProtocolError, TransportError
 from .flows import Event, FlowContext, LongPollUnavailable, WaitOptions, log_event
 from .http import Flow, Request, Response, Save, Sleep
+from .hub import DEFAULT_PAUSE, Budget, Hub, HubOptions
 from .inbox import Inbox
 from .models import LaunchSpec, RunRef, RunStatus
 from .planner import Execution, LaunchPolicy, LaunchRecord, Started
 from .redact import Redactor
 from .registry import available, create_provider
-from .schedule import PollSchedule, RetryPolicy
+from .schedule import PollSchedule, RetryPolicy, parse_retry_after
 from .states import DEFAULT_SUCCESS, RunState, parse_states
 
 __all__ = ["AsyncRunClient", "RunClient"]
+
+logger = logging.getLogger("runbridge")
 
 T = TypeVar("T")
 RefLike = RunRef | Mapping[str, Any] | str
@@ -315,7 +320,9 @@ class _BaseClient:
         if isinstance(ref, str):
             text = ref.strip()
             prefix, colon, _ = text.partition(":")
-            if not (text.startswith("{") or (colon and prefix in (self.platform, *available()))):
+            # (this platform's prefix first: listing the entry points costs ~40 ms a call)
+            known = colon and (prefix == self.platform or prefix in available())
+            if not (text.startswith("{") or known):
                 # the platform's own notation (a W&B run path, a run page URL, a bare id)
                 return self.provider.make_ref(text)
         return self.provider.check_ref(RunRef.coerce(ref))
@@ -557,6 +564,13 @@ class AsyncRunClient(_BaseClient):
     Every wait on one client shares its connection pool. Requests in flight are capped at
     ``max_in_flight`` (below the pool size, so no request queues inside httpx's pool) and
     blocking calls (joins) at ``max_long_polls``; beyond that bound a wait polls instead.
+
+    Every wait on one client goes through the client's hub (:mod:`runbridge.core.hub`; one per
+    event loop): checks that fall due together are sent as one batch request where the
+    provider has one (``Provider.status_many``). ``max_rps`` caps the requests per second of
+    the whole client (every wait, launch and cancel; None: no cap); a 429 pauses every check of
+    the client until its Retry-After. ``coalesce``: how many seconds early a sleeping wait may
+    be checked to share a batch that is going anyway.
     """
 
     def __init__(
@@ -568,11 +582,19 @@ class AsyncRunClient(_BaseClient):
         client: httpx.AsyncClient | None = None,
         max_in_flight: int = 50,
         max_long_polls: int = 50,
+        max_rps: float | None = None,
+        coalesce: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(platform, base_url, token, **kwargs)
         if max_in_flight < 1 or max_long_polls < 0:
             raise ConfigError("max_in_flight must be >= 1 and max_long_polls >= 0")
+        self.hub_options = HubOptions(max_rps=max_rps, coalesce=coalesce)
+        self.budget = Budget(max_rps, self.hub_options.burst)
+        self._budget_waiting = False
+        self._hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = (
+            weakref.WeakKeyDictionary()
+        )
         self._owns_http = client is None
         pool = max_in_flight + max_long_polls
         self._http = (
@@ -619,6 +641,54 @@ class AsyncRunClient(_BaseClient):
                     chunks.append(chunk)
             return self._response(request, response, b"".join(chunks))
 
+    # -- the hub and the request budget ------------------------------------------------------
+    def hub(self) -> Hub:
+        """The hub of the running event loop (made on first use)."""
+        loop = asyncio.get_running_loop()
+        hub = self._hubs.get(loop)
+        if hub is None:
+            hub = self._hubs[loop] = Hub(self, time.monotonic)
+        return hub
+
+    def long_poll_free(self) -> bool:
+        """Whether another blocking call (join) may be opened now."""
+        return self._long_polls < self._max_long_polls
+
+    def throttled(self, now: float, seconds: float) -> None:
+        """The platform asked to slow down (a 429): pause every check of this client's hub."""
+        # capped as the retry policy caps a Retry-After (and by the hub's own max_pause)
+        limit = min(self.hub_options.max_pause, self.retry.max_retry_after)
+        seconds = min(max(0.0, seconds), limit) if seconds == seconds else DEFAULT_PAUSE
+        if self.budget.pause(now, seconds):
+            logger.warning(
+                "%s: rate limited (HTTP 429); pausing every check of this client for %.1fs",
+                self.platform,
+                seconds,
+            )
+
+    async def _take_budget(self) -> None:
+        delay = self.budget.take(time.monotonic())
+        if delay <= 0:
+            self._budget_waiting = False
+            return
+        if not self._budget_waiting:
+            self._budget_waiting = True
+            logger.info(
+                "%s: throttling: over the client's budget of %g requests/s; requests wait "
+                "their turn (%.1fs now)",
+                self.platform,
+                self.budget.rate or 0.0,
+                delay,
+            )
+        await asyncio.sleep(delay)
+
+    def _note_answer(self, response: Response) -> None:
+        if response.status_code == 429:
+            retry_after = parse_retry_after(
+                response.headers.get("retry-after"), response.received_at
+            )
+            self.throttled(time.monotonic(), retry_after if retry_after else DEFAULT_PAUSE)
+
     async def _send(self, request: Request) -> Response:
         budget = request.timeout if request.timeout is not None else self.request_timeout
         if request.long_poll:
@@ -626,21 +696,35 @@ class AsyncRunClient(_BaseClient):
                 raise LongPollUnavailable("too many blocking calls open")
             self._long_polls += 1
             try:
-                async with _time_limit(budget):
-                    return await self._exchange(request)
+                queued = True
+                try:
+                    async with _time_limit(budget):
+                        await self._take_budget()
+                        queued = False
+                        response = await self._exchange(request)
+                except httpx.ReadTimeout:
+                    if queued:
+                        raise httpx.PoolTimeout("the request budget had no turn in time") from None
+                    raise
+                self._note_answer(response)
+                return response
             finally:
                 self._long_polls -= 1
-        # the time limit covers the wait for a slot too: a request queued behind hanging ones
-        # (of longer waits) still ends by its own deadline
+        # the time limit covers the wait for a slot and for the budget's turn too: a request
+        # queued behind hanging ones (of longer waits) still ends by its deadline
         queued = True
         try:
-            async with _time_limit(budget), self._in_flight:
-                queued = False
-                return await self._exchange(request)
+            async with _time_limit(budget):
+                await self._take_budget()
+                async with self._in_flight:
+                    queued = False
+                    response = await self._exchange(request)
         except httpx.ReadTimeout:
             if queued:  # never sent: safe to send again, even a POST
                 raise httpx.PoolTimeout("no request slot came free in time") from None
             raise
+        self._note_answer(response)
+        return response
 
     async def _drive(self, flow: Flow[T], save: SaveRecord | None = None) -> T:
         try:
@@ -725,7 +809,9 @@ class AsyncRunClient(_BaseClient):
         on_event: Hook | None = None,
     ) -> RunStatus:
         options = self._wait_options(wait_timeout, run_timeout, poll, use_join, error_window)
-        status = await self._drive(self._flows(on_event).wait(self._coerce(ref), options))
+        flows = self._flows(on_event)
+        state = flows.wait_state(self._coerce(ref), options)
+        status = await self.hub().wait(flows, state)
         return self._check(status, check, success)
 
     async def launch_and_wait(

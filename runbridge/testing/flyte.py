@@ -54,6 +54,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
+from ..core.providers.flyte import MAX_LIST
 from ._control import route
 from ._emulator import EmulatedRun, Emulator, Script
 from ._emulator import Scope as MutableScope
@@ -75,6 +76,7 @@ UNARY = frozenset(
         (RUN_SERVICE, "GetRunDetails"),
         (RUN_SERVICE, "GetActionDetails"),
         (RUN_SERVICE, "AbortRun"),
+        (RUN_SERVICE, "ListRuns"),
         (DATA_PROXY, "UploadInputs"),
         (DATA_PROXY, "GetActionData"),
         (CLUSTER, "SelectCluster"),
@@ -340,7 +342,8 @@ class FlyteEmulator(Emulator):
     fault_targets: ClassVar[Mapping[str, Any]] = {
         "launch": route("POST", r"^/flyteidl2\.workflow\.RunService/CreateRun$"),
         "status": route(
-            "POST", r"^/flyteidl2\.workflow\.RunService/(Get|Watch)(Run|Action)Details$"
+            "POST",
+            r"^/flyteidl2\.workflow\.RunService/((Get|Watch)(Run|Action)Details|ListRuns)$",
         ),
         "cancel": route("POST", r"^/flyteidl2\.workflow\.RunService/AbortRun$"),
     }
@@ -365,6 +368,8 @@ class FlyteEmulator(Emulator):
         self.storage = storage.rstrip("/")
         self.poll = 0.01
         self.uploads: dict[str, dict[str, Any]] = {}
+        self.lists: list[list[str]] = []
+        """The names each ``ListRuns`` filtered on, in order."""
         self._default = _normalize(self._default)
         self._wall0 = datetime.now(timezone.utc)
         self._mono0 = self.now()
@@ -683,6 +688,40 @@ class FlyteEmulator(Emulator):
     def _rpc_GetRunDetails(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
         run = self._find(self._ident(body, "runId", "GetRunDetailsRequest"))
         return {"details": self._details(run, self.now())}
+
+    def _rpc_ListRuns(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
+        """``ListRuns`` scoped by ``projectId``, with ``request.limit`` (1..MAX_LIST; 0 or
+        absent: MAX_LIST) and ``EQUAL`` / ``VALUE_IN`` filters on ``name``; newest first. One
+        page only (no token): what runbridge's batch check asks for."""
+        found = body.get("request")
+        listing: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+        limit_text = str(listing.get("limit") or 0)
+        limit = int(limit_text) if limit_text.isdigit() else -1
+        if not 0 <= limit <= MAX_LIST:
+            raise ConnectError(
+                "invalid_argument", f"invalid ListRequest.limit: must be 0..{MAX_LIST}"
+            )
+        project = self._ident(body, "projectId", "ListRunsRequest")
+        names: set[str] | None = None
+        for spec in listing.get("filters") or []:
+            if not isinstance(spec, Mapping) or spec.get("field") != "name":
+                raise ConnectError("invalid_argument", f"unsupported filter {spec!r}")
+            values = [str(v) for v in spec.get("values") or []]
+            if spec.get("function") not in ("VALUE_IN", "EQUAL", None):
+                raise ConnectError("invalid_argument", f"unsupported filter {spec!r}")
+            names = set(values) if names is None else names & set(values)
+        runs = [
+            r
+            for r in self.runs.values()
+            if isinstance(r, FlyteRun)
+            and r.project == project.get("name")
+            and r.domain == project.get("domain")
+            and (names is None or r.name in names)
+        ]
+        runs.sort(key=lambda r: r.started, reverse=True)
+        now = self.now()
+        self.lists.append(sorted(names or ()))
+        return {"runs": [self._run_object(r, now) for r in runs[: limit or MAX_LIST]]}
 
     def _rpc_GetActionDetails(self, body: dict[str, Any], request: Request) -> dict[str, Any]:
         run = self._find_action(self._ident(body, "actionId", "GetActionDetailsRequest"))

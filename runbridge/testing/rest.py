@@ -6,6 +6,9 @@ provider is :data:`REST_CONFIG`::
     POST /api/v1/jobs/{job}/runs      (Idempotency-Key header honoured) -> 201 {"run": {...}}
     GET  /api/v1/runs/{run_id}        -> 200 {"run": {...}} | 404 {"detail": ...}
     POST /api/v1/runs/{run_id}/cancel -> 202 {"run": {...}} | 409 when already finished
+    POST /api/v1/runs:batchGet        {"ids": [...]} (at most MAX_BATCH) -> 200
+                                      {"runs": [{...}...], "missing": [ids not found]}
+                                      | 400 when over MAX_BATCH or not a list of strings
 
 A run object: ``{"id", "job", "status", "created_at", "updated_at", "finished_at", "url",
 "error": {"message"} | null, "result": {...} | null}``; status is one of queued, running,
@@ -24,7 +27,10 @@ from starlette.routing import BaseRoute, Route
 from ._control import route
 from ._emulator import EmulatedRun, Emulator, Script, json_error
 
-__all__ = ["REST_CONFIG", "RestEmulator"]
+__all__ = ["MAX_BATCH", "REST_BATCH", "REST_CONFIG", "RestEmulator"]
+
+MAX_BATCH = 50
+"""The most ids one batchGet takes (a larger batch is refused with 400)."""
 
 REST_CONFIG: dict[str, Any] = {
     "launch": {
@@ -55,6 +61,22 @@ REST_CONFIG: dict[str, Any] = {
 }
 """Options for ``RunClient("rest", emu.base_url, **REST_CONFIG)``."""
 
+REST_BATCH: dict[str, Any] = {
+    "method": "POST",
+    "path": "/api/v1/runs:batchGet",
+    "ids": "ids",
+    "runs": "runs",
+    "id": "id",
+    "wrap": "run",
+    "max": MAX_BATCH,
+}
+"""The ``batch`` option for the emulator's batchGet: ``AsyncRunClient("rest", url,
+batch=REST_BATCH, **REST_CONFIG)`` checks runs that fall due together in one request."""
+
+
+_status = route("GET", r"^/api/v1/runs/[^/:]+$")
+_batch = route("POST", r"^/api/v1/runs:batchGet$")
+
 
 class RestEmulator(Emulator):
     platform = "rest"
@@ -73,13 +95,16 @@ class RestEmulator(Emulator):
     raw_states = frozenset(REST_CONFIG["states"])
     fault_targets = {
         "launch": route("POST", r"^/api/v1/jobs/[^/]+/runs$"),
-        "status": route("GET", r"^/api/v1/runs/[^/]+$"),
+        "status": lambda r: _status(r) or _batch(r),  # one run, or a batchGet
         "cancel": route("POST", r"^/api/v1/runs/[^/]+/cancel$"),
     }
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._keys: dict[str, str] = {}
+        self.max_batch = MAX_BATCH
+        self.batches: list[list[str]] = []
+        """The ids of every batchGet answered, in order."""
         self._wall0 = datetime.now(timezone.utc)
         self._mono0 = self.now()
 
@@ -119,6 +144,7 @@ class RestEmulator(Emulator):
     def routes(self) -> list[BaseRoute]:
         return [
             Route("/api/v1/jobs/{job}/runs", self.create, methods=["POST"]),
+            Route("/api/v1/runs:batchGet", self.batch_get, methods=["POST"]),
             Route("/api/v1/runs/{run_id}", self.get, methods=["GET"]),
             Route("/api/v1/runs/{run_id}/cancel", self.cancel, methods=["POST"]),
         ]
@@ -153,6 +179,24 @@ class RestEmulator(Emulator):
     async def get(self, request: Request) -> Response:
         run = self._run(request)
         return run if isinstance(run, Response) else JSONResponse(self.body(run))
+
+    async def batch_get(self, request: Request) -> Response:
+        if (denied := self.check_auth(request)) is not None:
+            return denied
+        try:
+            body = await request.json()
+        except ValueError:
+            return json_error(400, "request body must be JSON")
+        ids = body.get("ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            return json_error(400, "ids must be a list of run ids")
+        if len(ids) > self.max_batch:
+            return json_error(400, f"at most {self.max_batch} ids per batchGet, got {len(ids)}")
+        with self.lock:
+            found = [self.runs[i] for i in ids if i in self.runs]
+            missing = [i for i in ids if i not in self.runs]
+            self.batches.append(list(ids))
+        return JSONResponse({"runs": [self.body(r)["run"] for r in found], "missing": missing})
 
     async def cancel(self, request: Request) -> Response:
         run = self._run(request)

@@ -114,7 +114,7 @@ class ViEmulator(Emulator):
     )
     fault_targets = {
         "launch": route("PUT", r"^/workspaces/[^/]+/runs/[^/]+$"),
-        "status": route("GET", r"^/workspaces/[^/]+/runs/[^/]+$"),
+        "status": route("GET", r"^/workspaces/[^/]+/runs(/[^/]+)?$"),  # a run, or the list
         "cancel": route("PATCH", r"^/workspaces/[^/]+/runs/[^/]+$"),
     }
 

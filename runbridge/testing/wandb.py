@@ -18,6 +18,9 @@ Supported root fields::
 Runs follow :class:`~runbridge.testing.Script` steps of raw W&B states (``pending``,
 ``running``, ``preempting``, ``preempted``...) and end in ``final`` (``finished``, ``failed``,
 ``crashed``, ``killed``, ``preempted``); ``Script.outputs`` is the run summary once it runs.
+One query may ask for many runs under aliases (``r0: project(...) { run(name) }``...), the
+batch form runbridge's hub uses; at most ``MAX_ROOT_FIELDS`` root fields per query (an
+assumption: W&B publishes no limit), more is refused with HTTP 400 and a GraphQL error.
 A run can also be made directly (:meth:`WandBEmulator.add_run`, the sensor case) or by the
 SDK's ``Run.create`` (``upsertBucket``).
 
@@ -54,6 +57,7 @@ from ._emulator import EmulatedRun, Emulator, RecordedRequest, Script
 __all__ = [
     "DEFAULT_ENTITY",
     "DEFAULT_PROJECT",
+    "MAX_ROOT_FIELDS",
     "SCHEMA",
     "GraphQLError",
     "QueueItem",
@@ -64,6 +68,8 @@ __all__ = [
 
 DEFAULT_ENTITY = "runbridge"
 DEFAULT_PROJECT = "demo"
+MAX_ROOT_FIELDS = 50
+"""Root fields (aliases) per query the emulator answers; W&B publishes no limit (assumed)."""
 LAUNCH_DEFAULT_PROJECT = "model-registry"
 ENDED = frozenset({"finished", "failed", "crashed", "killed"})
 
@@ -535,6 +541,7 @@ def execute(
     operation_name: str | None,
     roots: Mapping[str, Mapping[str, Any]],
     schema: Mapping[str, Mapping[str, FieldDef]] = SCHEMA,
+    max_root_fields: int | None = None,
 ) -> tuple[dict[str, Any], str, list[str]]:
     """Run one GraphQL request: (the JSON answer, the operation type, its root fields).
 
@@ -570,6 +577,11 @@ def execute(
     except GraphQLError as exc:
         return {"errors": [exc.to_dict()]}, "invalid", []
     root_fields = [f.name for f in run.collect(operation.selections, root_type, frozenset())]
+    if max_root_fields is not None and len(root_fields) > max_root_fields:
+        error = GraphQLError(
+            f"Query has {len(root_fields)} root fields; at most {max_root_fields} are allowed."
+        )
+        return {"errors": [error.to_dict()]}, "too_large", root_fields
     data = run.complete(roots.get(operation.kind, {}), root_type, operation.selections, [])
     answer: dict[str, Any] = {"data": data}
     if run.errors:
@@ -679,6 +691,8 @@ class WandBEmulator(Emulator):
         """(operation type, root fields) of every GraphQL request, in order."""
         self.stops: list[str] = []
         """Paths of the runs that ``stopRun`` was sent for."""
+        self.max_root_fields = MAX_ROOT_FIELDS
+        """The most root fields (aliases) one query may have; more is refused with HTTP 400."""
         self._ids = itertools.count(1)
         self._wall0 = datetime.now(timezone.utc)
         self._mono0 = self.now()
@@ -1093,8 +1107,11 @@ class WandBEmulator(Emulator):
                 body.get("operationName") or None,
                 self._roots(),
                 self.schema,
+                self.max_root_fields,
             )
             self.graphql.append((kind, fields))
+        if kind == "too_large":
+            return JSONResponse(answer, 400)
         return JSONResponse(answer)
 
     def calls(self, field: str) -> int:

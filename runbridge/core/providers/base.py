@@ -8,17 +8,25 @@ canned responses.
 
 What a provider must implement: ``status``. What it may: ``launch``, ``cancel`` (set
 ``supports_launch`` / ``supports_cancel``), ``join`` (a blocking wait endpoint), ``find``
-(look a launch up by its idempotency key), ``auth_headers``, ``error_message``.
+(look a launch up by its idempotency key), ``status_many`` (many runs' statuses in one
+request; set ``max_batch``), ``auth_headers``, ``error_message``.
 """
 
 from __future__ import annotations
 
 import abc
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from ..errors import ConfigError, NotSupported, PlatformError, RateLimited, error_for_status
+from ..errors import (
+    ConfigError,
+    NotSupported,
+    PlatformError,
+    RateLimited,
+    RunbridgeError,
+    error_for_status,
+)
 from ..http import Exchange, Response
 from ..models import LaunchSpec, RunRef, RunStatus
 from ..schedule import parse_retry_after
@@ -50,6 +58,10 @@ class Provider(abc.ABC):
     """True when a launch without a key is still made retry-safe by a random key (the
     provider uses it for a resource dedicated to this launch, e.g. a new thread)."""
 
+    max_batch: int = 1
+    """The most runs one ``status_many`` request may ask about (the platform's limit); 1 means
+    the provider has no batch form and each run is checked alone."""
+
     # -- operations -------------------------------------------------------------------------
     def launch(self, spec: LaunchSpec) -> Exchange[RunRef]:
         raise NotSupported(f"{self.name} runs cannot be launched over its API")
@@ -57,6 +69,22 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def status(self, ref: RunRef) -> Exchange[RunStatus]:
         """One snapshot of the run."""
+
+    def status_many(
+        self, refs: Sequence[RunRef]
+    ) -> Exchange[dict[RunRef, RunStatus | RunbridgeError]]:
+        """Snapshots of up to ``max_batch`` runs in one request (the hub's batch check).
+
+        The answer maps each ref the platform answered about to its status, or to an error of
+        that run alone (not found); a ref missing from it is checked alone by the hub. A
+        failure of the whole request is raised, as ``status`` raises it."""
+        raise NotSupported(f"{self.name} has no batch status request")
+        yield  # pragma: no cover - makes this a generator
+
+    def batch_key(self, ref: RunRef) -> Hashable | None:
+        """Which batch this run may share: runs with equal keys may be asked about in one
+        ``status_many`` (e.g. one project's runs); None: this run is checked alone."""
+        return () if self.max_batch > 1 else None
 
     def cancel(self, ref: RunRef) -> Exchange[None]:
         raise NotSupported(f"{self.name} runs cannot be cancelled over its API")

@@ -12,6 +12,8 @@
         states={"queued": "PENDING", "running": "RUNNING", "succeeded": "SUCCEEDED",
                 "failed": "FAILED", "cancelled": "CANCELLED"},
         auth={"header": "Authorization", "scheme": "Bearer"},
+        batch={"method": "POST", "path": "/api/v1/runs:batchGet", "ids": "ids",
+               "runs": "runs", "id": "id", "wrap": "run", "max": 100},
     )
 
 Paths are templates: ``{run_id}`` is the run's id, other names come from the launch params
@@ -19,16 +21,26 @@ Paths are templates: ``{run_id}`` is the run's id, other names come from the lau
 when given, else the params that the path did not use. Locations in JSON answers are dotted
 paths (``run.error.message``, ``items.0.id``). Bad configuration is rejected at construction
 with a message naming the field.
+
+``batch`` (optional) names the API's request for many runs' statuses at once, which the hub
+of an ``AsyncRunClient`` uses for checks that fall due together: ``path`` (template names
+as in ``status.path``, without ``{run_id}``: a batch asks about runs of one scope),
+``method`` (POST: the ids go in the JSON body under ``ids``; GET: in the query
+parameter ``ids``, comma-separated), ``runs`` (where the list of runs is in the answer), ``id``
+(where each run's id is in a list element), ``wrap`` (where a list element sits in the single
+status answer, so the ``status`` locations read it: ``"run"`` for ``{"run": {...}}``; empty
+when the element is the whole answer) and ``max`` (the most ids the API takes in one request).
+A run missing from the answer is checked alone.
 """
 
 from __future__ import annotations
 
 import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-from ..errors import ConfigError, ProtocolError
+from ..errors import ConfigError, ProtocolError, RunbridgeError
 from ..http import Exchange, Request, Response
 from ..models import LaunchSpec, RunRef, RunStatus, parse_time
 from ..states import RunState
@@ -52,6 +64,7 @@ _STATUS_FIELDS = {
 _LAUNCH_FIELDS = {"method", "path", "id", "scope", "idempotency_header"}
 _CANCEL_FIELDS = {"method", "path"}
 _AUTH_FIELDS = {"header", "scheme"}
+_BATCH_FIELDS = {"method", "path", "ids", "runs", "id", "wrap", "max"}
 
 
 def dig(data: Any, path: str) -> Any:
@@ -124,6 +137,7 @@ class RestProvider(Provider):
         launch: Mapping[str, Any] | None = None,
         cancel: Mapping[str, Any] | None = None,
         auth: Mapping[str, str] | None = None,
+        batch: Mapping[str, Any] | None = None,
     ) -> None:
         if status is None:
             raise ConfigError(
@@ -184,6 +198,47 @@ class RestProvider(Provider):
                 )
             self.auth_cfg.update({k: str(v) for k, v in auth.items()})
 
+        self.batch_cfg = self._batch_config(batch) if batch is not None else None
+        self.max_batch = self.batch_cfg["max"] if self.batch_cfg is not None else 1
+
+    def _batch_config(self, batch: Any) -> dict[str, Any]:
+        if not isinstance(batch, Mapping):
+            raise ConfigError(f"rest provider: batch must be a mapping, got {type(batch).__name__}")
+        cfg = _endpoint(
+            {k: v for k, v in batch.items() if k != "max"},
+            "batch",
+            _BATCH_FIELDS - {"max"},
+            "POST",
+        )
+        if cfg["method"] not in ("GET", "POST"):
+            raise ConfigError("rest provider: batch.method must be GET or POST")
+        if "run_id" in cfg["names"]:
+            raise ConfigError("rest provider: batch.path cannot use {run_id} (it asks for many)")
+        missing = [n for n in self.ref_scope if n not in cfg["names"]]
+        if missing:
+            raise ConfigError(
+                f"rest provider: batch.path must use {', '.join(missing)} as status.path does "
+                "(a batch asks about runs of one scope)"
+            )
+        unknown = [n for n in cfg["names"] if n not in self.ref_scope]
+        if unknown:
+            raise ConfigError(
+                f"rest provider: batch.path uses {', '.join(unknown)}, which status.path "
+                "does not (a run reference carries only what status.path needs)"
+            )
+        for key in ("ids", "runs", "id"):
+            if key not in cfg:
+                raise ConfigError(f"rest provider: batch.{key} is required")
+        cfg.setdefault("wrap", "")
+        size = batch.get("max")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(
+                f"rest provider: batch.max must be a positive integer (the API's limit), "
+                f"got {size!r}"
+            )
+        cfg["max"] = size
+        return cfg
+
     def auth_headers(self, token: str) -> dict[str, str]:
         scheme = self.auth_cfg.get("scheme", "")
         return {self.auth_cfg["header"]: f"{scheme} {token}" if scheme else token}
@@ -233,6 +288,46 @@ class RestProvider(Provider):
             cfg["method"], self._fill(cfg, {**ref.scope, "run_id": ref.id}, "status")
         )
         return self.parse_status(ref, self.decipher(response))
+
+    def status_many(
+        self, refs: Sequence[RunRef]
+    ) -> Exchange[dict[RunRef, RunStatus | RunbridgeError]]:
+        cfg = self.batch_cfg
+        if cfg is None:
+            return (yield from super().status_many(refs))
+        ids = [ref.id for ref in refs]
+        path = self._fill(cfg, refs[0].scope, "batch")
+        if cfg["method"] == "GET":
+            request = Request("GET", path, params={cfg["ids"]: ",".join(ids)})
+        else:
+            request = Request("POST", path, json={cfg["ids"]: ids}, retry=True)
+        response = yield request
+        data = self.decipher(response)
+        runs = dig(data, cfg["runs"])
+        if not isinstance(runs, list):
+            raise ProtocolError(
+                f"rest: the batch answer has no list of runs at {cfg['runs']!r}: {excerpt(data)}"
+            )
+        by_id = {ref.id: ref for ref in refs}
+        out: dict[RunRef, RunStatus | RunbridgeError] = {}
+        for item in runs:
+            run_id = ident(dig(item, cfg["id"]))
+            ref = by_id.get(run_id) if run_id is not None else None
+            if ref is None:
+                continue  # a run not asked about: ignored
+            wrapped = item
+            for part in reversed([p for p in cfg["wrap"].split(".") if p]):
+                wrapped = {part: wrapped}
+            try:
+                out[ref] = self.parse_status(ref, wrapped)
+            except ProtocolError as exc:  # that run alone is unreadable: checked alone
+                out[ref] = exc
+        return out
+
+    def batch_key(self, ref: RunRef) -> Hashable | None:
+        if self.batch_cfg is None:
+            return None
+        return tuple(ref.scope.get(name, "") for name in self.batch_cfg["names"])
 
     def parse_status(self, ref: RunRef, data: Any) -> RunStatus:
         cfg = self.status_cfg

@@ -34,7 +34,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
@@ -48,6 +48,7 @@ from ..errors import (
     PlatformUnavailable,
     ProtocolError,
     RateLimited,
+    RunbridgeError,
     RunNotFound,
 )
 from ..http import Exchange, Request, Response
@@ -111,6 +112,23 @@ RUN_QUERY = """query RunbridgeRun($entity: String!, $project: String!, $name: St
     run(name: $name) { id name displayName state createdAt heartbeatAt summaryMetrics }
   }
 }"""
+RUN_FIELDS = "id name displayName state createdAt heartbeatAt summaryMetrics"
+MAX_BATCH = 50
+"""Runs per batch query (aliases). W&B publishes no limit on aliases per query; 50 is the page
+size its own SDK asks for when it lists runs (``Api.runs(per_page=50)``), so one batch costs
+the server about one page of runs."""
+
+
+def batch_query(count: int) -> str:
+    """One query asking for ``count`` runs, each under its own alias (``r0``, ``r1``...)."""
+    variables = ", ".join(f"$e{i}: String!, $p{i}: String!, $n{i}: String!" for i in range(count))
+    fields = "\n".join(
+        f"  r{i}: project(name: $p{i}, entityName: $e{i}) {{ run(name: $n{i}) {{ {RUN_FIELDS} }} }}"
+        for i in range(count)
+    )
+    return f"query RunbridgeRuns({variables}) {{\n{fields}\n}}"
+
+
 QUEUE_ITEM_QUERY = """query RunbridgeQueueItem($projectName: String!, $entityName: String!, \
 $runQueue: String!, $itemId: ID!) {
   project(name: $projectName, entityName: $entityName) {
@@ -450,6 +468,42 @@ class WandB(Provider):
         return run
 
     # -- status --------------------------------------------------------------------------------
+    max_batch = MAX_BATCH
+
+    def batch_key(self, ref: RunRef) -> Hashable | None:
+        return None if self._queued(ref) else ()  # a queued item is read on its own
+
+    def status_many(
+        self, refs: Sequence[RunRef]
+    ) -> Exchange[dict[RunRef, RunStatus | RunbridgeError]]:
+        """Many runs in one GraphQL query, one alias each. A run W&B answers null for (not
+        found, or its project is) is left out of the answer: the hub checks it alone, where a
+        not-found is that wait's own error. Partial errors (an alias that failed) likewise."""
+        variables: dict[str, str] = {}
+        for i, ref in enumerate(refs):
+            variables.update(
+                {f"e{i}": ref.scope["entity"], f"p{i}": ref.scope["project"], f"n{i}": ref.id}
+            )
+        response = yield self._graphql(batch_query(len(refs)), variables, "RunbridgeRuns")
+        if not response.ok:
+            raise self.error_for(response)
+        body = response.json()
+        data = body.get("data") if isinstance(body, Mapping) else None
+        if not isinstance(data, Mapping):
+            self._data(response)  # raises the error the answer carries (or that it has none)
+            raise ProtocolError(f"wandb: the GraphQL answer has no data: {excerpt(body)}")
+        out: dict[RunRef, RunStatus | RunbridgeError] = {}
+        for i, ref in enumerate(refs):
+            project = data.get(f"r{i}")
+            run = project.get("run") if isinstance(project, Mapping) else None
+            if not isinstance(run, Mapping):
+                continue  # not found, or failed alone: checked alone
+            try:
+                out[ref] = self.parse_run(ref, run)
+            except ProtocolError as exc:
+                out[ref] = exc
+        return out
+
     def status(self, ref: RunRef) -> Exchange[RunStatus]:
         if self._queued(ref):
             return (yield from self._queued_status(ref))
