@@ -619,7 +619,7 @@ def render(results: list[dict[str, Any]], in_flight: int, capped_pool: int | Non
     out: list[str] = []
     repeats = sorted(by_repeat)
     if len(repeats) > 1:
-        rows = []
+        rows: list[tuple[str, dict[str, Any], dict[str, float | None], float | None]] = []
         for rep in repeats:
             row = by_repeat[rep]
             for variant in VARIANTS:
