@@ -214,6 +214,8 @@ async def _mapped() -> AsyncIterator[None]:
     nothing else (``from None``: its exception holds the request's headers)."""
     import aiohttp
 
+    # aiohttp >= 3.10 tells a connect timeout apart; before, it is a read timeout (sent or not)
+    _CONNECT_TIMEOUT = getattr(aiohttp, "ConnectionTimeoutError", ())
     try:
         yield
     except aiohttp.ClientError as exc:
@@ -221,7 +223,7 @@ async def _mapped() -> AsyncIterator[None]:
         error: httpx.HTTPError
         if isinstance(exc, aiohttp.ClientConnectorError):  # nothing was sent
             error = httpx.ConnectError(message)
-        elif isinstance(exc, aiohttp.ConnectionTimeoutError):  # nothing was sent
+        elif isinstance(exc, _CONNECT_TIMEOUT):  # nothing was sent
             error = httpx.ConnectTimeout(message)
         elif isinstance(exc, aiohttp.ServerTimeoutError):
             error = httpx.ReadTimeout(message)
