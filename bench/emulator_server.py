@@ -146,6 +146,8 @@ def make_app(emu: Any) -> Any:
             gets = sum(
                 1 for r in requests if r.method == "GET" and r.path.startswith("/api/v1/runs/")
             )
+            # the hub's batch endpoint (runbridge.testing.rest's batchGet, where it exists)
+            batches = sum(1 for r in requests if r.path.endswith(":batchGet"))
             await reply(
                 send,
                 200,
@@ -154,7 +156,8 @@ def make_app(emu: Any) -> Any:
                     "connections_open": _STATS["open"],
                     "connections_peak_open": _STATS["peak_open"],
                     "status_gets": gets + _STATS["dbt_gets"],
-                    "requests": len(requests),
+                    "requests": len(requests) + _STATS["dbt_gets"],
+                    "batch_requests": batches,
                     "cpu_seconds": time.process_time(),
                     "runs": len(emu.runs),
                     "opened_at": _OPENED_AT[-20000:],
