@@ -36,7 +36,6 @@ installed), ``httpx``, or ``auto`` (the default, as above).
 
 from __future__ import annotations
 
-import contextlib
 import json as _json
 import os
 import urllib.request
@@ -110,9 +109,38 @@ class AiohttpResponse:
         self.headers = response.headers
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
-        async with _mapped():
+        try:
             async for data in self._response.content.iter_any():
                 yield data
+        except _client_error() as exc:
+            raise _httpx_error(exc) from None
+
+
+class _Exchange:
+    """``async with client.stream(...) as response``: sends on entry; on exit the connection
+    goes back to the pool if the answer was read whole, else it is closed."""
+
+    __slots__ = ("_args", "_client", "_response")
+
+    def __init__(self, client: AiohttpClient, args: dict[str, Any]) -> None:
+        self._client = client
+        self._args = args
+        self._response: aiohttp.ClientResponse | None = None
+
+    async def __aenter__(self) -> AiohttpResponse:
+        session = self._client._session or self._client._open()
+        try:
+            self._response = await session.request(**self._args)
+        except _client_error() as exc:
+            raise _httpx_error(exc) from None
+        return AiohttpResponse(self._response)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        assert self._response is not None
+        if exc_type is None:
+            self._response.release()
+        else:
+            self._response.close()  # a half-read answer: its connection is not reused
 
 
 class AiohttpClient:
@@ -124,6 +152,7 @@ class AiohttpClient:
         self._keepalive = keepalive
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
         # the trust store httpx would use (certifi, or SSL_CERT_FILE / SSL_CERT_DIR)
         self._ssl = httpx.create_ssl_context(trust_env=True)
 
@@ -153,8 +182,7 @@ class AiohttpClient:
         )
         return self._session
 
-    @contextlib.asynccontextmanager
-    async def stream(
+    def stream(
         self,
         method: str,
         url: str,
@@ -164,12 +192,11 @@ class AiohttpClient:
         params: Mapping[str, Any] | None = None,
         json: Any = None,
         content: bytes | None = None,
-    ) -> AsyncIterator[AiohttpResponse]:
-        """Send one request; the answer's body is read inside the block."""
+    ) -> _Exchange:
+        """One request, sent when the block is entered; its body is read inside the block."""
         import aiohttp
         import yarl
 
-        session = self._session or self._open()
         if params:
             # the same query string httpx would send
             target = yarl.URL(str(httpx.URL(url, params=params)), encoded=True)
@@ -182,25 +209,25 @@ class AiohttpClient:
                 json, ensure_ascii=False, separators=(",", ":"), allow_nan=False
             ).encode()
             headers = {**headers, "content-type": "application/json"}
-        limits = aiohttp.ClientTimeout(
-            total=None, sock_connect=timeout.connect, sock_read=timeout.read
-        )
-        async with _mapped():
-            response = await session.request(
-                method,
-                target,
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                timeout=limits,
+        key = (timeout.connect, timeout.read)
+        limits = self._timeouts.get(key)
+        if limits is None:
+            if len(self._timeouts) > 64:  # deadlines lowered to what is left: seldom the same
+                self._timeouts.clear()
+            limits = self._timeouts[key] = aiohttp.ClientTimeout(
+                total=None, sock_connect=timeout.connect, sock_read=timeout.read
             )
-        try:
-            yield AiohttpResponse(response)
-        except BaseException:
-            response.close()  # a half-read answer: its connection is not reused
-            raise
-        else:
-            response.release()
+        return _Exchange(
+            self,
+            {
+                "method": method,
+                "url": target,
+                "headers": headers,
+                "data": data,
+                "allow_redirects": False,
+                "timeout": limits,
+            },
+        )
 
     async def aclose(self) -> None:
         self._closed = True
@@ -208,29 +235,28 @@ class AiohttpClient:
             await self._session.close()
 
 
-@contextlib.asynccontextmanager
-async def _mapped() -> AsyncIterator[None]:
-    """aiohttp's errors as the httpx errors the client classifies, with aiohttp's message and
-    nothing else (``from None``: its exception holds the request's headers)."""
+def _client_error() -> type[Exception]:
     import aiohttp
 
+    return aiohttp.ClientError
+
+
+def _httpx_error(exc: Exception) -> httpx.HTTPError:
+    """aiohttp's error as the httpx error the client classifies, with aiohttp's message and
+    nothing else (raised ``from None``: aiohttp's exception holds the request's headers)."""
+    import aiohttp
+
+    message = f"{type(exc).__name__}: {exc}"
     # aiohttp >= 3.10 tells a connect timeout apart; before, it is a read timeout (sent or not)
-    _CONNECT_TIMEOUT = getattr(aiohttp, "ConnectionTimeoutError", ())
-    try:
-        yield
-    except aiohttp.ClientError as exc:
-        message = f"{type(exc).__name__}: {exc}"
-        error: httpx.HTTPError
-        if isinstance(exc, aiohttp.ClientConnectorError):  # nothing was sent
-            error = httpx.ConnectError(message)
-        elif isinstance(exc, _CONNECT_TIMEOUT):  # nothing was sent
-            error = httpx.ConnectTimeout(message)
-        elif isinstance(exc, aiohttp.ServerTimeoutError):
-            error = httpx.ReadTimeout(message)
-        elif isinstance(exc, aiohttp.InvalidURL):
-            error = httpx.UnsupportedProtocol(message)
-        elif isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
-            error = httpx.ReadError(message)  # sent, or perhaps sent: never "not sent"
-        else:  # an answer aiohttp could not parse
-            error = httpx.RemoteProtocolError(message)
-        raise error from None
+    connect_timeout = getattr(aiohttp, "ConnectionTimeoutError", ())
+    if isinstance(exc, aiohttp.ClientConnectorError):  # nothing was sent
+        return httpx.ConnectError(message)
+    if isinstance(exc, connect_timeout):  # nothing was sent
+        return httpx.ConnectTimeout(message)
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return httpx.ReadTimeout(message)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return httpx.UnsupportedProtocol(message)
+    if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
+        return httpx.ReadError(message)  # sent, or perhaps sent: never "not sent"
+    return httpx.RemoteProtocolError(message)  # an answer aiohttp could not parse
