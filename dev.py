@@ -3,10 +3,16 @@
 
     python3 dev.py sync              install the locked dev environment (.venv)
     python3 dev.py test [ARGS...]    sync, then ruff check, ruff format --check, mypy, pytest ARGS;
-                                     without ARGS also the CI rows of the version matrix
+                                     without ARGS: pytest, the reduced reliability matrix (each
+                                     real deployment in tests/deploy/<orchestrator> in a pytest
+                                     of its own), then the CI rows of the version matrix
     python3 dev.py demo [ARGS...]    sync, then `runbridge demo ARGS`
     python3 dev.py matrix [ARGS...]  sync, then the full version matrix (tools/matrix.py ARGS),
                                      which writes docs/compatibility.md
+    python3 dev.py reliability [ARGS...]
+                                     sync, then the full reliability matrix (every row, column
+                                     and platform, in real deployments: tools/reliability.py
+                                     ARGS), which writes docs/reliability.md
 
 The version matrix installs each extra from the built wheel into fresh virtual environments on
 the oldest and newest Python the package claims (found on the machine, never downloaded):
@@ -34,6 +40,8 @@ BOOTSTRAP = ROOT / ".dev" / "bootstrap"
 BIN = "Scripts" if os.name == "nt" else "bin"
 EXE = ".exe" if os.name == "nt" else ""
 LINT_PATHS = ("runbridge", "tests", "bench", "examples", "tools")
+DEPLOYMENTS = ("airflow", "prefect", "dagster")
+"""The reliability matrix's real deployments, tests/deploy/<name>: one pytest process each."""
 
 
 class DevError(Exception):
@@ -169,15 +177,26 @@ def cmd_test(args: list[str]) -> int:
             say(f"FAILED: {name} (exit {rc})")
             return rc
         say(f"ok: {name} ({time.monotonic() - t0:.1f} s)")
-    t0 = time.monotonic()
-    rc = run([uv, "run", "--no-sync", "pytest", *args], env, check=False)
-    if rc == 5:
-        say("FAILED: pytest collected no tests (exit 5); that is not a pass")
-        return 1
-    if rc != 0:
-        say(f"FAILED: pytest (exit {rc})")
-        return rc
-    say(f"ok: pytest ({time.monotonic() - t0:.1f} s)")
+    # Each real deployment of the reliability matrix (tests/deploy/<orchestrator>) sets its
+    # orchestrator's home and environment for the whole process: it runs in a pytest of its own.
+    runs = (
+        [("pytest", list(args))]
+        if args
+        else [
+            ("pytest", [f"--ignore=tests/deploy/{folder}" for folder in DEPLOYMENTS]),
+            *((f"pytest tests/deploy/{f}", [f"tests/deploy/{f}"]) for f in DEPLOYMENTS),
+        ]
+    )
+    for name, pytest_args in runs:
+        t0 = time.monotonic()
+        rc = run([uv, "run", "--no-sync", "pytest", *pytest_args], env, check=False)
+        if rc == 5:
+            say(f"FAILED: {name} collected no tests (exit 5); that is not a pass")
+            return 1
+        if rc != 0:
+            say(f"FAILED: {name} (exit {rc})")
+            return rc
+        say(f"ok: {name} ({time.monotonic() - t0:.1f} s)")
     if args or os.environ.get("RUNBRIDGE_SKIP_MATRIX"):
         say("skipped: the version matrix's CI rows (pytest arguments or RUNBRIDGE_SKIP_MATRIX)")
         return 0
@@ -200,6 +219,11 @@ def cmd_matrix(args: list[str]) -> int:
     return run([sys.executable, str(ROOT / "tools" / "matrix.py"), *args], env, check=False)
 
 
+def cmd_reliability(args: list[str]) -> int:
+    _uv, env = sync()
+    return run([sys.executable, str(ROOT / "tools" / "reliability.py"), *args], env, check=False)
+
+
 def cmd_sync(args: list[str]) -> int:
     if args:
         raise DevError(f"`sync` takes no arguments, got {args}")
@@ -207,7 +231,13 @@ def cmd_sync(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"sync": cmd_sync, "test": cmd_test, "demo": cmd_demo, "matrix": cmd_matrix}
+COMMANDS = {
+    "sync": cmd_sync,
+    "test": cmd_test,
+    "demo": cmd_demo,
+    "matrix": cmd_matrix,
+    "reliability": cmd_reliability,
+}
 
 
 def main(argv: list[str]) -> int:

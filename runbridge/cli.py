@@ -886,7 +886,30 @@ def _require_testing() -> None:
 
 
 @cli.command()
-@click.argument("platform")
+@click.argument("platform", required=False)
+@click.option(
+    "--platform",
+    "platform_option",
+    metavar="PLATFORM",
+    help="The platform (the same as the PLATFORM argument).",
+)
+@click.option(
+    "--script",
+    "scripts",
+    metavar="JSON",
+    multiple=True,
+    help='A run script: {"steps": [["running", 2]], "final": "failed", "message": "..."} sets '
+    'the default one; {"scripts": [...], "default": {...}} queues scripts (as POST '
+    "/_runbridge/scripts). Repeatable.",
+)
+@click.option(
+    "--fault",
+    "faults",
+    metavar="JSON",
+    multiple=True,
+    help='A fault to inject: {"kind": "status", "status": 503, "on": "status", "times": 2} '
+    "(or a list of them). Repeatable.",
+)
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
@@ -903,28 +926,55 @@ def _require_testing() -> None:
 @click.option(
     "--quiet", "-q", is_flag=True, help="Do not print the requests the emulator receives."
 )
-def emulate(platform: str, port: int, host: str, emu_token: str | None, quiet: bool) -> None:
-    """Serve an emulator of PLATFORM's API until Ctrl-C (needs the `testing` extra)."""
+def emulate(
+    platform: str | None,
+    platform_option: str | None,
+    scripts: tuple[str, ...],
+    faults: tuple[str, ...],
+    port: int,
+    host: str,
+    emu_token: str | None,
+    quiet: bool,
+) -> None:
+    """Serve an emulator of PLATFORM's API until Ctrl-C (needs the `testing` extra).
+
+    It also serves the control API under /_runbridge/ (no auth): POST scripts and faults, GET
+    record, POST runs/ID/cancel, POST reset; see docs/testing.md.
+    """
     with _errors(secret=emu_token):
+        if platform and platform_option and platform != platform_option:
+            raise ConfigError(
+                f"two platforms given: {platform!r} and --platform {platform_option!r}"
+            )
+        platform = platform or platform_option
+        if not platform:
+            raise ConfigError("name the platform: runbridge emulate --platform rest")
         _require_testing()
-        from .testing import serve
+        from .testing import create_emulator, serve
+
+        try:
+            emulator = create_emulator(platform, token=emu_token)
+        except ImportError as exc:
+            raise ConfigError(f"no {platform} emulator in this installation: {exc}") from None
+        _control_options(emulator, scripts, faults)
 
         with contextlib.ExitStack() as stack:
             # `kill` (SIGTERM) stops it as cleanly as Ctrl-C does: the temp config goes too
             previous = signal.signal(signal.SIGTERM, _interrupt)
             stack.callback(signal.signal, signal.SIGTERM, previous)
             try:
-                emu = stack.enter_context(serve(platform, host=host, port=port, token=emu_token))
-            except ImportError as exc:
-                raise ConfigError(f"no {platform} emulator in this installation: {exc}") from None
+                emu = stack.enter_context(serve(emulator, host=host, port=port))
             except OSError as exc:
                 raise ConfigError(
                     f"cannot listen on {host}:{port}: {exc.strerror or exc}"
                 ) from None
             out = _console()
-            out.print(
-                f"[bold]{platform}[/] emulator listening on [bold]{emu.base_url}[/]  (Ctrl-C to stop)"
+            # one line, never wrapped: scripts read the URL from it
+            click.echo(
+                f"{platform} emulator listening on {emu.base_url}  "
+                f"(control API: {emu.base_url}/_runbridge/; Ctrl-C to stop)"
             )
+            sys.stdout.flush()
             env = f"RUNBRIDGE_PLATFORM={platform} RUNBRIDGE_URL={emu.base_url}"
             example = _EXAMPLES.get(platform)
             if platform == "rest":
@@ -953,6 +1003,8 @@ def emulate(platform: str, port: int, host: str, emu_token: str | None, quiet: b
                     if quiet:
                         continue
                     with emu.lock:
+                        if len(emu.requests) < seen:  # a control API reset forgot them
+                            seen = 0
                         new = emu.requests[seen:]
                         seen = len(emu.requests)
                     for request in new:
@@ -962,6 +1014,40 @@ def emulate(platform: str, port: int, host: str, emu_token: str | None, quiet: b
                         )
             except KeyboardInterrupt:
                 click.echo("stopped")
+
+
+def _control_options(emulator: Any, scripts: Sequence[str], faults: Sequence[str]) -> None:
+    """Apply ``emulate``'s ``--script`` and ``--fault`` options (the control API's parsing)."""
+    from .testing._control import ControlError, load_json, parse_faults, parse_scripts
+
+    def load(option: str, text: str) -> Any:
+        try:
+            return load_json(text)
+        except ControlError as exc:
+            raise ConfigError(f"{option}: {exc.problem}: {text[:80]!r}") from None
+
+    try:
+        for text in scripts:
+            given = load("--script", text)
+            if isinstance(given, dict) and ("scripts" in given or "default" in given):
+                queued, default = parse_scripts(emulator, given)
+            else:
+                queued, default = parse_scripts(emulator, {"default": given})
+            emulator.script(*queued)
+            if default is not None:
+                emulator.set_default(default, survive_reset=True)
+        for text in faults:
+            given = load("--fault", text)
+            if isinstance(given, list):
+                given = {"faults": given}
+            elif isinstance(given, dict) and "faults" not in given and "clear" not in given:
+                given = {"faults": [given]}
+            added, _ = parse_faults(emulator, given)
+            for fault in added:
+                emulator.inject(fault)
+    except ControlError as exc:
+        option = "--script" if "script" in exc.field or "default" in exc.field else "--fault"
+        raise ConfigError(f"{option}: {exc}") from None
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -32,19 +32,45 @@ Seconds = float | int | timedelta
 PollLike = Seconds | PollSchedule | Mapping[str, Any]
 
 
-def seconds(value: Seconds | None, name: str) -> float | None:
-    """A duration argument (seconds or a timedelta) as seconds, checked (core's rule)."""
-    return check_seconds(value, name)
+def number(value: Any, name: str, what: str = "a number of seconds") -> Any:
+    """A numeric argument that may arrive as text (a Jinja-rendered value, an XCom, a mapped
+    argument): ``"3600"`` or ``" 2.5 "`` as a number; other text is a ConfigError naming the
+    argument. Anything else is returned as it is, for core's checks."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        hint = (
+            " (it looks like a template: this argument is not templated; render it in a "
+            "templated field, or set the DAG's render_template_as_native_obj=True where it is)"
+            if "{{" in text or "{%" in text
+            else ""
+        )
+        raise ConfigError(f"{name} must be {what}, got {value!r}{hint}") from None
 
 
-def poll_schedule(value: PollLike | None) -> PollSchedule | None:
-    """``poll``: a number (a fixed interval), a PollSchedule, its fields, or None (the
-    connection's schedule; core's default is adaptive, 1 s at first, backing off to 30 s)."""
+def seconds(value: Seconds | str | None, name: str) -> float | None:
+    """A duration argument (seconds, a numeric string, or a timedelta) as seconds, checked
+    (core's one rule: no NaN, infinities or negatives)."""
+    return check_seconds(number(value, name), name)
+
+
+def poll_schedule(value: PollLike | str | None) -> PollSchedule | None:
+    """``poll``: a number or numeric string (a fixed interval), a PollSchedule, its fields, or
+    None (the connection's schedule; core's default is adaptive, 1 s at first, backing off to
+    ``DEFAULT_POLL_CAP``, 10 s)."""
     if value is None or isinstance(value, PollSchedule):
         return value
     if isinstance(value, Mapping):
+        fields = {key: number(field, f"poll {key}", "a number") for key, field in value.items()}
         try:
-            return PollSchedule(**value)
+            return PollSchedule(**fields)
         except TypeError as exc:
             raise ConfigError(f"poll: {exc}") from None
     interval = seconds(value, "poll")

@@ -48,10 +48,18 @@ CONN_FIELDS: dict[str, Any] = {
     },
     "poll": {
         "label": "Poll interval (seconds)",
-        "description": "Seconds between status checks while waiting (default: adaptive, 1 s "
-        "backing off to 30 s); in the extra JSON also an object of PollSchedule fields. "
-        "An operator's poll argument overrides it.",
+        "description": "A fixed number of seconds between status checks while waiting "
+        "(default: adaptive, 1 s backing off to the longest poll interval); in the extra JSON "
+        "also an object of PollSchedule fields. An operator's poll argument overrides it.",
         "schema": {"type": ["number", "null"]},
+    },
+    "poll_max_interval": {
+        "label": "Longest poll interval (seconds)",
+        "description": "The longest pause between two status checks of a wait: the adaptive "
+        "schedule starts at 1 s and backs off to it (default 10 s: an ended run is seen about "
+        "5 s later on average). Raise it for many long waits on a platform without a batch "
+        "status call; a fixed poll interval above replaces the schedule.",
+        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
     },
     "error_window": {
         "label": "Error window (seconds)",

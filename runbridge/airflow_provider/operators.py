@@ -9,7 +9,8 @@ One try of the task:
    task was killed or timed out, ``run_timeout``) is replaced, and so is a run of an earlier
    *generation* after the task was cleared. The operator only keeps the records: a JSON list
    in Airflow 3.3's ``task_state_store`` (key :data:`STATE_KEY`), one ``LaunchRecord`` per
-   step, each with the generation that saved it. The launch key is
+   step, each with the generation that saved it and the task instance's ``max_tries`` then
+   (a clear raises ``max_tries``, a retry does not: see :func:`generation`). The launch key is
    ``{dag_id}/{task_id}/{run_id}/{map_index}`` (then ``...#1``, ``...#2`` for a new run), and
    a ``starting`` record is saved before the launch, so a crash between the launch and its
    record re-attaches on platforms that can look a launch up by key.
@@ -27,8 +28,9 @@ success or clearing it, cancel the run unless ``cancel_on_kill=False``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -64,16 +66,36 @@ __all__ = ["STATE_KEY", "LaunchRunOperator"]
 
 STATE_KEY = "runbridge_launches"
 """``task_state_store`` key: this task's launch records, oldest first, as a JSON list of
-``LaunchRecord.to_dict()`` each with the ``"generation"`` that saved it."""
+``LaunchRecord.to_dict()`` each with the ``"generation"`` that saved it and the task instance's
+``"max_tries"`` when it was saved."""
 TASK_TIMEOUT_MARGIN = 5.0
 """Seconds before ``execution_timeout`` at which a deferred wait hands the task back to cancel."""
 
 
-def generation(ti: Any, retries: int | None) -> int:
-    """How many times the task has been started afresh (Airflow's own reckoning): a clear
-    raises the task instance's ``max_tries`` to ``try_number + retries``, a retry does not. Runs
-    of an earlier generation are never re-attached to."""
-    return max(1, int(ti.max_tries or 0) - int(retries or 0) + 1)
+@dataclasses.dataclass(frozen=True)
+class Saved:
+    """One stored record: the generation that saved it and the task instance's ``max_tries``
+    then (None in records written before runbridge kept it)."""
+
+    generation: int
+    max_tries: int | None
+    record: LaunchRecord
+
+
+def generation(saved: Sequence[Saved], max_tries: int, retries: int | None) -> int:
+    """The generation of the try that reads ``saved`` (how many times the task was started
+    afresh), from facts Airflow keeps in its database: a clear raises the task instance's
+    ``max_tries`` (to ``try_number + retries``), a retry leaves it alone. So the newest record's
+    generation goes on while ``max_tries`` is the one it was saved with, and the next one starts
+    when it changed. (Editing ``retries`` in the DAG between tries changes nothing: only a clear
+    writes ``max_tries``.) Records saved before ``max_tries`` was kept fall back to the old
+    reckoning, ``max_tries - retries + 1``."""
+    if not saved:
+        return 1
+    last = saved[-1]
+    if last.max_tries is None:
+        return max(last.generation, 1, int(max_tries) - int(retries or 0) + 1)
+    return last.generation if int(max_tries) == last.max_tries else last.generation + 1
 
 
 class LaunchRunOperator(RunOutcome, BaseOperator):
@@ -153,7 +175,8 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
         self._config: ClientConfig | None = None
         self._store: Any = None
         self._generation = 1
-        self._records: list[tuple[int, LaunchRecord]] = []
+        self._max_tries: int | None = None
+        self._records: list[Saved] = []
         self._done = False
         self._timed_out = False
         self._cancel_sent = False
@@ -229,7 +252,11 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
                 error_window=self.error_window,
             )
         except WaitTimeout as exc:
-            raise AirflowException(f"{exc} (wait_timeout)") from None
+            from .triggers import wait_timeout_message
+
+            raise AirflowException(
+                wait_timeout_message(ref, exc.last_status, self.wait_timeout)
+            ) from None
 
     def _defer(self, context: Context, ref: RunRef) -> None:
         from .triggers import RunTrigger
@@ -251,12 +278,19 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
                 run_timeout=self.run_timeout,
                 cancel_on_kill=self.cancel_on_kill,
                 error_window=self.error_window,
+                wait_timeout=self.wait_timeout,
             ),
             method_name="execute_complete",
+            # the resumed task is a new object: tell it whether the run's page is in XCom
+            kwargs={"url_pushed": self._url_pushed},
         )
 
-    def execute_complete(self, context: Context, event: Mapping[str, Any]) -> dict[str, Any]:
-        """Resume after :class:`RunTrigger`'s event: the same ending as a wait in the worker."""
+    def execute_complete(
+        self, context: Context, event: Mapping[str, Any], url_pushed: bool = False
+    ) -> dict[str, Any]:
+        """Resume after :class:`RunTrigger`'s event: the same ending as a wait in the worker.
+        ``url_pushed``: the try pushed the run's page (XCom ``run_url``) before deferring."""
+        self._url_pushed = bool(url_pushed)
         self._open(context)
         if event.get("ref"):
             self._ref = RunRef.from_dict(event["ref"])
@@ -327,18 +361,21 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
         """Read this task's records; return its history for the planner, newest execution
         (this generation) first, earlier generations after it and not reusable."""
         self._store = context.get("task_state_store")
-        self._generation = generation(context["ti"], self.retries)
+        ti = context["ti"]
+        self._max_tries = int(ti.max_tries or 0)
         with self._comms():
             self._records = self._load()
-        mine = [r for g, r in self._records if g == self._generation and r.ref is not None]
+        self._generation = generation(self._records, self._max_tries, self.retries)
+        current = [s.record for s in self._records if s.generation == self._generation]
+        mine = [r for r in current if r.ref is not None]
         if mine:
             self._ref = mine[-1].ref
-        older = sorted({g for g, _ in self._records} - {self._generation}, reverse=True)
+        older = sorted({s.generation for s in self._records} - {self._generation}, reverse=True)
         return [
-            Execution([r for g, r in self._records if g == self._generation]),
+            Execution(current),
             *(
                 Execution(
-                    [r for g, r in self._records if g == old],
+                    [s.record for s in self._records if s.generation == old],
                     reusable=False,
                     label=f"generation {old} (before the task was cleared)",
                 )
@@ -346,7 +383,7 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
             ),
         ]
 
-    def _load(self) -> list[tuple[int, LaunchRecord]]:
+    def _load(self) -> list[Saved]:
         if self._store is None:
             return []
         value = self._store.get(STATE_KEY)
@@ -362,8 +399,13 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
                 number = item.get("generation")
                 if isinstance(number, bool) or not isinstance(number, int):
                     raise ConfigError(f"a record without its generation: {item!r}")
-                fields = {k: v for k, v in item.items() if k != "generation"}
-                records.append((number, LaunchRecord.from_dict(fields)))
+                max_tries = item.get("max_tries")
+                if max_tries is not None and (
+                    isinstance(max_tries, bool) or not isinstance(max_tries, int)
+                ):
+                    raise ConfigError(f"a record with a bad max_tries: {item!r}")
+                fields = {k: v for k, v in item.items() if k not in ("generation", "max_tries")}
+                records.append(Saved(number, max_tries, LaunchRecord.from_dict(fields)))
         except ConfigError as exc:
             raise ConfigError(
                 f"task_state_store key {STATE_KEY!r} does not hold runbridge launch records "
@@ -374,11 +416,11 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
     def _save(self, record: LaunchRecord) -> None:
         """Append one record (core's ``save``). Raises when the store cannot be written: the
         launch then does not happen (its run would be an orphan on retry)."""
-        self._records.append((self._generation, record))
+        self._records.append(Saved(self._generation, self._max_tries, record))
         if record.ref is not None:
             self._ref = record.ref
         if self._store is not None:
-            value = [{**r.to_dict(), "generation": g} for g, r in self._records]
+            value = [_stored(s) for s in self._records]
             with self._comms():
                 self._store.set(STATE_KEY, value)
 
@@ -388,7 +430,7 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
         not re-enter it)."""
         if self._comms_busy:
             return
-        keys = [r.key for _, r in reversed(self._records) if r.ref == ref]
+        keys = [s.record.key for s in reversed(self._records) if s.record.ref == ref]
         if not keys:
             return  # not a run this task recorded
         try:
@@ -398,6 +440,13 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
 
     def _comms(self) -> _CommsGuard:
         return _CommsGuard(self)
+
+
+def _stored(saved: Saved) -> dict[str, Any]:
+    value = {**saved.record.to_dict(), "generation": saved.generation}
+    if saved.max_tries is not None:
+        value["max_tries"] = saved.max_tries
+    return value
 
 
 class _CommsGuard:

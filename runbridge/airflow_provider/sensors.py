@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 
 __all__ = ["RunSensor"]
 
+SEEN_KEY = "runbridge_sensor"
+"""``task_state_store`` key: the state this sensor last logged (``raw_state``), when it was
+first seen (``since``) and last logged (``logged_at``, epoch seconds), and the ``try`` that saw
+it. A rescheduled poke is a new task execution: this is what lets it log only changes."""
+
 
 class RunSensor(RunOutcome, BaseSensorOperator):
     """Wait for an existing run to end; succeed if it ended in a ``success`` state.
@@ -55,6 +60,8 @@ class RunSensor(RunOutcome, BaseSensorOperator):
     template_fields = ("run", "runbridge_conn_id", "scope")
     operator_extra_links = (RunPageLink(),)
     ui_color = "#e8f1fb"
+    progress_interval: float = 600.0
+    """Seconds between two "still waiting" lines while the run's state does not change."""
 
     def __init__(
         self,
@@ -76,6 +83,7 @@ class RunSensor(RunOutcome, BaseSensorOperator):
         self._ref: RunRef | None = None
         self._last: RunStatus | None = None
         self._failing_since: float | None = None
+        self._seen: dict[str, Any] | None = None
 
     @cached_property
     def hook(self) -> RunbridgeHook:
@@ -137,12 +145,49 @@ class RunSensor(RunOutcome, BaseSensorOperator):
         status = self._client.get(self._ref or self._target())
         first = self._ref is None
         self._ref = status.ref
-        if self._last is None or self._last.raw_state != status.raw_state:
-            self.log.info("%s", status.summary())
+        self._report(context, status)
         self._last = status
         if first:
             self._push_run(context, status.ref, status.url)
         return status
+
+    def _report(self, context: Context, status: RunStatus) -> None:
+        """Log the run's state once, then only its changes, plus a "still waiting" line every
+        ``progress_interval`` seconds; remembered in ``task_state_store`` across reschedules
+        (in poke mode the same instance pokes, and the store is only written when a line is)."""
+        now = time.time()
+        try_number = getattr(context.get("ti"), "try_number", None)
+        seen = self._seen if self._seen is not None else self._load_seen(context, try_number)
+        if seen is None or seen.get("raw_state") != status.raw_state:
+            self.log.info("%s", status.summary())
+            seen = {"raw_state": status.raw_state, "since": now, "logged_at": now}
+        elif now - float(seen.get("logged_at", now)) >= self.progress_interval:
+            waited = _duration(now - float(seen.get("since", now)))
+            self.log.info("Still waiting: %s, unchanged for %s", status.summary(), waited)
+            seen = {**seen, "logged_at": now}
+        else:
+            self._seen = seen
+            return
+        self._seen = seen
+        store = context.get("task_state_store")
+        if store is not None:
+            try:
+                store.set(SEEN_KEY, {**seen, "try": try_number})
+            except Exception as exc:  # only the log's brevity depends on it
+                self.log.debug("Could not remember the logged state: %s", exc)
+
+    def _load_seen(self, context: Context, try_number: Any) -> dict[str, Any] | None:
+        store = context.get("task_state_store")
+        if store is None:
+            return None
+        try:
+            value = store.get(SEEN_KEY)
+        except Exception as exc:
+            self.log.debug("Could not read the logged state: %s", exc)
+            return None
+        if not isinstance(value, Mapping) or value.get("try") != try_number:
+            return None  # another try logs afresh
+        return dict(value)
 
     def _target(self) -> RunRef | str:
         run = self.run
@@ -171,3 +216,15 @@ class RunSensor(RunOutcome, BaseSensorOperator):
         if kind == "wait_timeout":
             raise AirflowSensorTimeout(f"{event.get('message')} (sensor timeout)")
         raise AirflowException(f"{event.get('error', 'error')}: {event.get('message')}")
+
+
+def _duration(seconds: float) -> str:
+    """``1h 5m``, ``12m 30s``, ``45s``."""
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"

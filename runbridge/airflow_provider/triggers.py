@@ -13,63 +13,236 @@ schedule; absolute deadlines; the cancel policy). Its one event is a dict that c
   ``execution_timeout`` is about to expire: the task resumes in time to cancel the run, which
   Airflow's deferral timeout would not do (it calls no ``on_kill``);
 * ``{"kind": "error", "error": <class name>, "message": ...}``: the wait failed (the token
-  was refused, the run does not exist, the platform stayed unreachable past the error window).
+  was refused, the run does not exist, the platform stayed unreachable past the error window,
+  the connection could not be read or holds a bad setting).
 
 Triggers share one :class:`~runbridge.AsyncRunClient` per client configuration and triggerer
 event loop (core's ``shared_async_client``), so one connection pool serves thousands of waits
-instead of one HTTP session per poll; each connection is read at most once a minute per event
-loop (:func:`connection_config`), so a rotated token is picked up within a minute. The wait
-uses the platform's blocking endpoint where it has one (LangGraph's join), as core's ``wait``
-does, and the connection's ``error_window`` and ``poll`` unless the operator set its own.
+instead of one HTTP session per poll. Each connection is read at most once a minute per event
+loop (:func:`connection_config`), in a worker thread, so neither a slow secrets backend nor
+the parsing blocks the triggerer's event loop, and a trigger waits only for a read of its own
+connection, never another's. The wait uses the platform's blocking endpoint where it has one
+(LangGraph's join), as core's ``wait`` does, and the connection's ``error_window`` and
+``poll`` unless the operator set its own.
+
+``on_kill`` (Airflow 3.3 calls it when the task is marked failed or success or cleared while
+deferred, and also when the trigger moves to another triggerer) decides with
+:func:`decide_on_kill`, from two questions to the triggerer's supervisor, each bounded; the
+work runs in a task of its own, so Airflow cancelling the trigger again while ``on_kill`` runs
+(it does, at every sync, about once a second) does not cut it short.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 import weakref
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from ..core.config import ClientConfig
-from ..core.errors import RunbridgeError, WaitTimeout
-from ..core.models import RunRef
-from ..core.schedule import PollSchedule
-from ..core.shared import shared_async_client
-from .hooks import RunbridgeHook
+from ..core.errors import ConfigError, RunbridgeError, WaitTimeout
+from ..core.models import RunRef, RunStatus
 
-__all__ = ["RunTrigger", "connection_config"]
+__all__ = [
+    "KillDecision",
+    "KillFacts",
+    "RunTrigger",
+    "connection_config",
+    "decide_on_kill",
+    "human_duration",
+    "wait_timeout_message",
+]
 
 SETTINGS_TTL = 60.0
 """Seconds a connection's configuration is reused before being read again (token rotation)."""
+ASK_TIMEOUT = 5.0
+"""Seconds one question to the triggerer's supervisor may take in ``on_kill`` (asked twice at
+most: it answers within a second or two unless it is stuck)."""
+CANCEL_TIMEOUT = 10.0
+"""Seconds the cancel request of ``on_kill`` may take, its retries included."""
+KILL_BUDGET = 25.0
+"""Seconds ``on_kill`` holds on to see its work through, below Airflow's ``[triggerer]
+on_kill_timeout`` (30 by default); past it the work goes on without it."""
+
+T = TypeVar("T")
 
 
+# -- the connection, read off the event loop -------------------------------------------------
 @dataclasses.dataclass
-class _Configs:
-    read: dict[str, tuple[float, ClientConfig]] = dataclasses.field(default_factory=dict)
-    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+class _Read:
+    started: float
+    task: asyncio.Task[ClientConfig]
+    gate: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    """Held for one loop turn by each trigger leaving the read (see connection_config)."""
 
 
-_LOOPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Configs] = weakref.WeakKeyDictionary()
+_LOOPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Read]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def read_connection_config(runbridge_conn_id: str) -> ClientConfig:
+    """Read and check the connection (blocking: :func:`connection_config` runs it in a worker
+    thread). Anything that goes wrong is a ``ConfigError`` naming the connection."""
+    from ..core import shared  # noqa: F401  (the client modules: imported off the event loop)
+    from .hooks import RunbridgeHook
+
+    try:
+        config = RunbridgeHook(runbridge_conn_id).client_config()
+        config.fingerprint()  # the shared client's key: a value it cannot digest fails here
+        return config
+    except RunbridgeError:
+        raise  # ConfigError names the connection and the field, never the token
+    except Exception as exc:
+        # not our error: Airflow's (the connection does not exist, a secrets backend failed)
+        # or an unforeseen bad value; its text comes from Airflow, which masks the password
+        raise ConfigError(
+            f"connection {runbridge_conn_id!r} could not be read: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 async def connection_config(runbridge_conn_id: str) -> ClientConfig:
     """The connection's :class:`ClientConfig`, read at most every ``SETTINGS_TTL`` seconds in
-    the running event loop (thousands of triggers of one connection read it once)."""
+    the running event loop, in a worker thread. Triggers of one connection share one read;
+    a read of one connection never waits for another's. A failed read is not kept: the next
+    trigger reads again."""
     loop = asyncio.get_running_loop()
-    configs = _LOOPS.get(loop)
-    if configs is None:
-        configs = _LOOPS[loop] = _Configs()
-    async with configs.lock:
-        cached = configs.read.get(runbridge_conn_id)
-        if cached is not None and time.monotonic() - cached[0] <= SETTINGS_TTL:
-            return cached[1]
-        config = await RunbridgeHook(runbridge_conn_id).aclient_config()
-        configs.read[runbridge_conn_id] = (time.monotonic(), config)
-        return config
+    reads = _LOOPS.get(loop)
+    if reads is None:
+        reads = _LOOPS[loop] = {}
+    read = reads.get(runbridge_conn_id)
+    now = time.monotonic()
+    if read is None or (read.task.done() and (now - read.started > SETTINGS_TTL or _failed(read))):
+        task = loop.create_task(asyncio.to_thread(read_connection_config, runbridge_conn_id))
+        task.add_done_callback(_retrieve)
+        read = reads[runbridge_conn_id] = _Read(now, task)
+    # shielded: a trigger cancelled while it waits must not cancel the read others wait for
+    config = await asyncio.shield(read.task)
+    # Hundreds of triggers waiting for one read would all resume in the same loop turn and
+    # make their first requests back to back: a stretch of a second or more in which nothing
+    # else runs. They pass this gate one per turn instead (a turn each, nothing awaited).
+    async with read.gate:
+        await asyncio.sleep(0)
+    return config
+
+
+def _failed(read: _Read) -> bool:
+    return read.task.cancelled() or read.task.exception() is not None
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a shared read's failure as seen (its awaiters got it), so asyncio does not warn."""
+    if not task.cancelled():
+        task.exception()
+
+
+# -- what on_kill decides, and from what -----------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class KillFacts:
+    """What ``on_kill`` knows when it decides.
+
+    :param cancel_on_kill: the operator's ``cancel_on_kill``.
+    :param ended: this trigger saw the run end.
+    :param for_task: the triggerer runs this trigger for a task instance (None otherwise:
+        ``on_kill`` was called by hand, or by a harness without a task).
+    :param state: the task instance's state now (``"deferred"``, ``"failed"``, None for
+        cleared...), or :data:`UNKNOWN` when the supervisor did not answer in time.
+    :param waiting_on: when the task is deferred: the run its current try announced (XCom
+        ``run_ref``; None when that try announced none), or :data:`UNKNOWN`.
+    :param run: this trigger's run (``RunRef.to_string()``).
+    """
+
+    cancel_on_kill: bool
+    ended: bool
+    for_task: bool
+    state: str | None
+    waiting_on: str | None
+    run: str
+
+
+UNKNOWN = "<unknown>"
+"""A fact the triggerer's supervisor did not give in time."""
+
+
+@dataclasses.dataclass(frozen=True)
+class KillDecision:
+    cancel: bool
+    why: str
+    warn: bool = False
+    """The decision was made without a fact it needed: worth a warning in the log."""
+
+
+def decide_on_kill(facts: KillFacts) -> KillDecision:
+    """Whether ``on_kill`` cancels the run: only when no deferral of the task still waits for
+    it. Airflow 3.3 calls ``on_kill`` with the same message for a user's action (mark failed,
+    mark success, clear) and for a trigger that moved to another triggerer; what tells them
+    apart is whether the task instance is still deferred *on this run*. After a clear, the
+    new try may already be deferred again, on a run of its own (a cleared task launches anew),
+    so the state alone would say "moved"; the run the current try announced (XCom ``run_ref``,
+    which Airflow clears when a new try starts) settles it. A fact that could not be read
+    leaves the run going: cancelling a run a live task still waits for (a trigger that
+    moved) cannot be undone, and the design forbids it; the warning names the run."""
+    if not facts.cancel_on_kill:
+        return KillDecision(False, "cancel_on_kill=False")
+    if facts.ended:
+        return KillDecision(False, "the run already ended")
+    if not facts.for_task:
+        return KillDecision(True, "the trigger was killed (no task instance to ask)")
+    if facts.state == UNKNOWN:
+        return KillDecision(
+            False,
+            "the task's state could not be read, so this may be a trigger that moved to "
+            "another triggerer; left going (cancel it by hand if the task was stopped)",
+            warn=True,
+        )
+    if facts.state != "deferred":
+        now = "cleared" if facts.state is None else facts.state
+        return KillDecision(True, f"the task was stopped while waiting for it (now {now})")
+    if facts.waiting_on == UNKNOWN:
+        return KillDecision(
+            False,
+            "the task is deferred, and which run it waits for could not be read; left going "
+            "(cancel it by hand if the task was cleared)",
+            warn=True,
+        )
+    if facts.waiting_on == facts.run:
+        return KillDecision(
+            False, "the task is still deferred on this run (the trigger moved to another triggerer)"
+        )
+    return KillDecision(True, "the task was cleared: its new try is deferred on another run")
+
+
+# -- messages --------------------------------------------------------------------------------
+def human_duration(seconds: float) -> str:
+    """``0.5 s``, ``15 s``, ``2 min 5 s``, ``1 h 30 min``: a duration for people."""
+    if seconds < 60:
+        return f"{round(seconds, 1):g} s" if seconds < 10 else f"{round(seconds)} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def wait_timeout_message(ref: RunRef, last: RunStatus | None, wait_timeout: float | None) -> str:
+    """The one ``wait_timeout`` failure text, in the worker and after a deferral: counted from
+    the wait's start (before the deferral), not from when the trigger started."""
+    state = last.state.value if last is not None else "in an unknown state"
+    limit = f" (wait_timeout {human_duration(wait_timeout)})" if wait_timeout is not None else ""
+    return (
+        f"{ref.platform} run {ref.id} still {state} when the wait ran out{limit}; "
+        "the run keeps going, and a retry re-attaches to it"
+    )
+
+
+# -- the trigger -----------------------------------------------------------------------------
+_KILLS: set[asyncio.Task[None]] = set()
+"""on_kill work in progress (a strong reference, so the loop does not drop a task)."""
 
 
 class RunTrigger(BaseTrigger):
@@ -88,6 +261,8 @@ class RunTrigger(BaseTrigger):
         failed or success, cleared).
     :param error_window: seconds of transient errors tolerated while waiting (the
         connection's when None).
+    :param wait_timeout: the operator's ``wait_timeout`` in seconds, for the message when
+        ``wait_deadline`` passes (the wait began before the deferral).
     """
 
     def __init__(
@@ -100,6 +275,7 @@ class RunTrigger(BaseTrigger):
         run_timeout: float | None = None,
         cancel_on_kill: bool = False,
         error_window: float | None = None,
+        wait_timeout: float | None = None,
     ) -> None:
         super().__init__()
         self.runbridge_conn_id = runbridge_conn_id
@@ -110,6 +286,7 @@ class RunTrigger(BaseTrigger):
         self.run_timeout = run_timeout
         self.cancel_on_kill = cancel_on_kill
         self.error_window = error_window
+        self.wait_timeout = wait_timeout
         self._ended = False
 
     def __repr__(self) -> str:
@@ -127,6 +304,7 @@ class RunTrigger(BaseTrigger):
                 "run_timeout": self.run_timeout,
                 "cancel_on_kill": self.cancel_on_kill,
                 "error_window": self.error_window,
+                "wait_timeout": self.wait_timeout,
             },
         )
 
@@ -136,13 +314,21 @@ class RunTrigger(BaseTrigger):
         ref = self.ref.to_dict()
         try:
             config = await connection_config(self.runbridge_conn_id)
+            # imported by the connection read, in its thread: these cost the loop nothing
+            from ..core.schedule import PollSchedule
+            from ..core.shared import shared_async_client
+
+            try:
+                poll = PollSchedule(**self.poll) if self.poll else None
+            except (TypeError, ValueError) as exc:  # kwargs written by hand
+                raise ConfigError(f"RunTrigger poll {self.poll!r}: {exc}") from None
             async with shared_async_client(config) as client:
                 timeout = None if deadline is None else max(0.0, deadline - time.time())
                 status = await client.wait(
                     self.ref,
                     timeout,
                     run_timeout=self.run_timeout,
-                    poll=PollSchedule(**self.poll) if self.poll else None,
+                    poll=poll,
                     error_window=self.error_window,
                 )
         except WaitTimeout as exc:
@@ -156,7 +342,8 @@ class RunTrigger(BaseTrigger):
                     ),
                 )
             else:
-                kind, message = "wait_timeout", str(exc)
+                kind = "wait_timeout"
+                message = wait_timeout_message(self.ref, exc.last_status, self.wait_timeout)
             yield TriggerEvent({"kind": kind, "ref": ref, "status": last, "message": message})
             return
         except RunbridgeError as exc:
@@ -175,51 +362,143 @@ class RunTrigger(BaseTrigger):
         )
 
     async def on_kill(self) -> None:
-        """The task was marked failed or success, or cleared, while deferred: cancel the run
-        named in this trigger's kwargs (never "the latest run"), unless the task is still
-        deferred, which means this trigger only moved to another triggerer."""
+        """The task was marked failed or success, or cleared, while deferred, or the trigger
+        moved to another triggerer: cancel the run named in this trigger's kwargs (never "the
+        latest run") unless a deferral of the task still waits for it (:func:`decide_on_kill`).
+
+        The decision and the cancel run in a task of their own, which Airflow's repeated
+        cancellation of the trigger (once per triggerer sync while ``on_kill`` runs) cannot
+        reach; ``on_kill`` holds on to it for up to ``KILL_BUDGET`` seconds."""
         if not self.cancel_on_kill or self._ended:
             return
-        if await self._task_still_deferred():
-            self.log.info("Not cancelling %s: the task is still deferred (trigger moved)", self.ref)
-            return
+        loop = asyncio.get_running_loop()
+        work = loop.create_task(self._kill(), name=f"runbridge on_kill {self.ref}")
+        _KILLS.add(work)
+        work.add_done_callback(_KILLS.discard)
+        await _outlast_cancels(work, KILL_BUDGET)
+
+    async def _kill(self) -> None:
         try:
+            decision = decide_on_kill(await self._kill_facts())
+            if not decision.cancel:
+                level = self.log.warning if decision.warn else self.log.info
+                level("Not cancelling %s: %s", self.ref, decision.why)
+                return
+            from ..core.shared import shared_async_client
+
             config = await connection_config(self.runbridge_conn_id)
             async with shared_async_client(config) as client:
-                await client.cancel(self.ref)
+                await asyncio.wait_for(client.cancel(self.ref), CANCEL_TIMEOUT)
         except RunbridgeError as exc:
             self.log.warning("Could not cancel %s: %s", self.ref, exc)
-        else:
-            self.log.info("Cancelled %s: the task was stopped while waiting for it", self.ref)
-
-    async def _task_still_deferred(self) -> bool:
-        """Whether the task instance is still DEFERRED (asked of the triggerer's supervisor).
-        Unknown (no task instance, an error) counts as "not deferred": cancel."""
-        ti = getattr(self, "task_instance", None)
-        if ti is None:
-            return False
-        try:
-            from airflow.sdk.execution_time import task_runner
-            from airflow.sdk.execution_time.comms import GetTaskStates, TaskStatesResult
-
-            comms = task_runner.SUPERVISOR_COMMS
-            response = await comms.asend(
-                GetTaskStates(
-                    dag_id=ti.dag_id,
-                    task_ids=[ti.task_id],
-                    run_ids=[ti.run_id],
-                    map_index=ti.map_index,
-                )
+        except asyncio.TimeoutError:
+            self.log.warning(
+                "Could not cancel %s: no answer within %s", self.ref, human_duration(CANCEL_TIMEOUT)
             )
-        except Exception as exc:
-            self.log.warning("Could not read the task's state (%s); cancelling", exc)
-            return False
-        if not isinstance(response, TaskStatesResult):
-            return False
-        name = (
-            ti.task_id
-            if ti.map_index is None or ti.map_index < 0
-            else f"{ti.task_id}_{ti.map_index}"
+        except Exception as exc:  # on_kill must not raise: Airflow only logs it
+            self.log.warning("Could not cancel %s: %s: %s", self.ref, type(exc).__name__, exc)
+        else:
+            self.log.info("Cancelled %s: %s", self.ref, decision.why)
+
+    async def _kill_facts(self) -> KillFacts:
+        """Ask the triggerer's supervisor what :func:`decide_on_kill` needs: the task
+        instance's state, then, only if it is deferred, the run its current try announced."""
+        ti = getattr(self, "task_instance", None)
+        facts = KillFacts(
+            cancel_on_kill=self.cancel_on_kill,
+            ended=self._ended,
+            for_task=ti is not None,
+            state=UNKNOWN,
+            waiting_on=UNKNOWN,
+            run=self.ref.to_string(),
         )
-        state = response.task_states.get(ti.run_id, {}).get(name)
-        return str(getattr(state, "value", state)) == "deferred"
+        if ti is None:
+            return facts
+        try:
+            state = await _ask(lambda: _task_state(ti))
+        except Exception as exc:
+            self.log.warning("Could not read the task's state: %s: %s", type(exc).__name__, exc)
+            return facts
+        facts = dataclasses.replace(facts, state=state)
+        if state != "deferred":
+            return facts
+        try:
+            waiting_on = await _ask(lambda: _announced_run(ti))
+        except Exception as exc:
+            self.log.warning("Could not read the task's run_ref: %s: %s", type(exc).__name__, exc)
+            return facts
+        return dataclasses.replace(facts, waiting_on=waiting_on)
+
+
+async def _ask(question: Callable[[], Awaitable[T]], attempts: int = 2) -> T:
+    """One question to the supervisor, each attempt bounded by ``ASK_TIMEOUT``."""
+    for attempt in range(attempts):
+        try:
+            return await asyncio.wait_for(question(), ASK_TIMEOUT)
+        except Exception:
+            if attempt + 1 == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _task_state(ti: Any) -> str | None:
+    """The task instance's state now, as Airflow's value (``"deferred"``; None: no state)."""
+    from airflow.sdk.execution_time import task_runner
+    from airflow.sdk.execution_time.comms import GetTaskStates, TaskStatesResult
+
+    response = await task_runner.SUPERVISOR_COMMS.asend(
+        GetTaskStates(
+            dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id], map_index=ti.map_index
+        )
+    )
+    if not isinstance(response, TaskStatesResult):
+        raise RuntimeError(f"unexpected answer {type(response).__name__}")
+    mapped = ti.map_index is not None and ti.map_index >= 0
+    name = f"{ti.task_id}_{ti.map_index}" if mapped else ti.task_id
+    states = response.task_states.get(ti.run_id, {})
+    if name not in states:
+        return "absent"  # the task instance (or its DAG run) was deleted
+    state = states[name]
+    return None if state is None else str(getattr(state, "value", state))
+
+
+async def _announced_run(ti: Any) -> str | None:
+    """The run the task's current try announced (XCom ``run_ref``; Airflow clears a task's
+    XComs when a new try starts, not when a deferred task resumes)."""
+    from airflow.sdk.execution_time.xcom import XCom
+
+    from .links import RUN_REF_KEY
+
+    value = await XCom.aget_one(
+        key=RUN_REF_KEY,
+        dag_id=ti.dag_id,
+        task_id=ti.task_id,
+        run_id=ti.run_id,
+        map_index=ti.map_index,
+    )
+    return None if value is None else str(value)
+
+
+async def _outlast_cancels(work: asyncio.Task[None], budget: float) -> None:
+    """Wait for ``work`` up to ``budget`` seconds, through cancellations: Airflow 3.3 cancels
+    a trigger again at every sync while its ``on_kill`` runs (the trigger id stays in the
+    supervisor's ``cancelling_triggers`` until the trigger ends), which used to cut ``on_kill``
+    short mid-request. Past the budget, ``work`` goes on without us."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + budget
+    while not work.done():
+        left = end - loop.time()
+        if left <= 0:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(work), left)
+        except asyncio.TimeoutError:
+            return
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+            if uncancel is not None:
+                uncancel()
+            continue
+    with contextlib.suppress(BaseException):
+        work.result()

@@ -20,14 +20,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from collections.abc import Mapping
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .schedule import PollSchedule, RetryPolicy
+from .schedule import PollSchedule, RetryPolicy, seconds
 
 if TYPE_CHECKING:
     from .client import AsyncRunClient, RunClient
@@ -36,33 +34,20 @@ __all__ = [
     "DEFAULT_ERROR_WINDOW",
     "DEFAULT_MAX_BODY",
     "DEFAULT_REQUEST_TIMEOUT",
+    "POLL_MAX_INTERVAL",
     "ClientConfig",
     "check_base_url",
     "seconds",
 ]
 
+POLL_MAX_INTERVAL = "poll_max_interval"
+"""The flat setting (connection field, block and resource field) for ``poll.cap``."""
 DEFAULT_REQUEST_TIMEOUT = 30.0
 """Seconds one HTTP request may take in all (connect, send, every byte of the answer)."""
 DEFAULT_ERROR_WINDOW = 600.0
 """Seconds of transient errors (5xx, 429, network, unreadable answers) a wait tolerates."""
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 """The largest response body read (bytes); a larger one is a ProtocolError naming its size."""
-
-
-def seconds(value: Any, name: str, *, positive: bool = False) -> float | None:
-    """A duration (seconds, int or float, or a ``timedelta``) as float seconds, or None.
-
-    Raises ConfigError naming ``name`` for anything else (bools, strings, NaN, negatives)."""
-    if value is None:
-        return None
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        kind = "positive" if positive else "non-negative"
-        raise ConfigError(f"{name} must be a {kind} number of seconds, got {value!r}")
-    return float(value)
 
 
 def check_base_url(value: Any) -> str:
@@ -155,9 +140,11 @@ class ClientConfig:
     def from_mapping(cls, data: Mapping[str, Any]) -> ClientConfig:
         """From the JSON form the wrappers store (connection extras, block and resource
         fields): the field names above; ``poll`` may also be a number (a fixed interval) and
-        ``retry`` / ``poll`` a mapping of their fields. Unknown keys are an error."""
+        ``retry`` / ``poll`` a mapping of their fields; ``poll_max_interval`` (seconds) is the
+        cap of the poll schedule (``poll.cap``; default ``schedule.DEFAULT_POLL_CAP``), the
+        setting every wrapper shows under that name. Unknown keys are an error."""
         data = _mapping(data, "client configuration")
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} | {POLL_MAX_INTERVAL}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(
@@ -165,8 +152,17 @@ class ClientConfig:
             )
         values = {k: v for k, v in data.items() if v is not None}
         poll = values.get("poll")
+        cap = seconds(values.pop(POLL_MAX_INTERVAL, None), POLL_MAX_INTERVAL, positive=True)
         if isinstance(poll, (int, float)) and not isinstance(poll, bool):
+            if cap is not None:
+                raise ConfigError(
+                    f"poll is a fixed interval ({poll!r} s); {POLL_MAX_INTERVAL} caps the "
+                    "adaptive schedule: set one of them"
+                )
             values["poll"] = PollSchedule.fixed(seconds(poll, "poll", positive=True) or 0.0)
+        elif cap is not None:
+            schedule = _policy(PollSchedule, poll, "poll") or PollSchedule()
+            values["poll"] = dataclasses.replace(schedule, cap=cap, first=min(schedule.first, cap))
         for missing in ("platform", "base_url"):
             if missing not in values:
                 raise ConfigError(f"the client configuration needs {missing}")
@@ -205,6 +201,63 @@ class ClientConfig:
             "max_body": self.max_body,
             **self.options,
         }
+
+    def check_connection(self, *, timeout: float = 10.0) -> tuple[bool, str]:
+        """Reach the platform with this URL and token, once, and say in one line what happened:
+        ``(True, "Connected to ...")`` only when an answer only the platform's API gives came
+        back (the provider's probe, ``runbridge.core.providers.probes``). Where the platform
+        has no probe, a lookup of a run that does not exist must answer "not found", and the
+        message says a wrong base path would answer the same. Never shows the token."""
+        from .errors import (
+            AuthError,
+            BadRequest,
+            PlatformError,
+            ProtocolError,
+            RunbridgeError,
+            RunNotFound,
+        )
+        from .providers.probes import PROBE_ID, probe
+
+        try:
+            client = self.client(retry=RetryPolicy.none(), request_timeout=timeout)
+        except RunbridgeError as exc:
+            return False, f"Bad connection: {exc}"
+        with client:
+            where = client.redact(f"{self.platform} at {self.base_url}")
+            provider = client.provider
+            try:
+                try:
+                    exchange = probe(provider)
+                    if exchange is not None:
+                        proof = client._drive(client._flows().run(exchange))
+                        return True, client.redact(f"Connected to {where}: {proof}.")
+                except ConfigError:  # NotSupported too: the probe needs an option this
+                    pass  # connection lacks (Vi's organization_id): look a run up instead
+                scope = {key: PROBE_ID for key in provider.ref_scope}
+                try:
+                    client.get(client.ref(PROBE_ID, **scope))
+                except RunNotFound as exc:
+                    return True, client.redact(
+                        f"Reached {where}: a lookup of a run that does not exist answered "
+                        f"'not found' (HTTP {exc.status_code}), as it should; {self.platform} "
+                        "has no answer that proves the base URL, so a wrong base path would "
+                        "answer the same: check it if runs are not found later."
+                    )
+                return False, client.redact(
+                    f"Could not use {where}: a run that should not exist was found "
+                    "(wrong base URL?)"
+                )
+            except AuthError as exc:
+                return False, client.redact(f"{where} refused the token: {exc}")
+            except (ProtocolError, BadRequest, RunNotFound) as exc:  # probes.WrongAPI too
+                return False, client.redact(f"Could not use {where} (wrong base URL?): {exc}")
+            except ConfigError as exc:
+                return False, client.redact(f"Bad connection: {exc}")
+            except PlatformError as exc:
+                hint = " (wrong base URL?)" if exc.status_code in (404, 405) else ""
+                return False, client.redact(f"Could not use {where}{hint}: {exc}")
+            except RunbridgeError as exc:
+                return False, client.redact(f"Could not use {where}: {exc}")
 
     def client(self, **overrides: Any) -> RunClient:
         """A new :class:`~runbridge.RunClient`; ``overrides`` replace client arguments."""

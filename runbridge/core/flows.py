@@ -105,7 +105,15 @@ EventKind = Literal[
     "run_timeout",
     "pushed_update",
     "unknown_state",
+    "url_known",
 ]
+"""``url_known``: a status carried a run page URL for the first time in this operation, or a
+URL other than the one announced before (a W&B Launch queue item got its run). ``ref`` is the
+run the operation is about (the reference the caller holds; for a queued W&B launch, the queue
+item), ``status`` the status carrying the URL (``status.url``; ``status.ref`` may name the run
+it became). Emitted by ``start`` (its first status) and by each wait (its first status with a
+URL, then on every change), so a wait after a start announces the same URL again: a consumer
+updates its link when ``status.url`` differs from the one it shows."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +242,8 @@ class WaitState:
     pushed: bool = False
     """The last sleep was ended by a pushed update (a webhook delivery), which the check that
     follows confirms."""
+    url: str | None = None
+    """The run page URL last announced by a ``url_known`` event (None: none yet)."""
     distrust_push: bool = False
     """A pushed update did not end the wait (the run still runs, or the check failed): the
     next sleep is not cut short by another, so stale or forged deliveries, however many, cost
@@ -309,6 +319,9 @@ def wait_steps(
             emit("status", ref=ref, status=status, elapsed=elapsed)
             if last is None or status.raw_state != last.raw_state:
                 emit("state_changed", ref=ref, status=status, elapsed=elapsed)
+            if status.url and status.url != state.url:
+                state.url = status.url
+                emit("url_known", ref=ref, status=status, elapsed=elapsed)
             state.last = status
             if status.is_terminal:
                 return status
@@ -670,6 +683,8 @@ class FlowContext:
             if plan.reattach is not None:
                 yield Save(LaunchRecord(plan.key, plan.reattach, REATTACHED))
                 self.emit("reattached", ref=plan.reattach, status=status, message=plan.why)
+                if status is not None and status.url:
+                    self.emit("url_known", ref=plan.reattach, status=status)
                 return Started(plan.reattach, plan.key, status, True, plan.why)
         spec = LaunchSpec(params, plan.key)
         if self.provider.can_find(spec):
@@ -685,6 +700,8 @@ class FlowContext:
             if not retryable(exc):
                 raise
             self.emit("transient_error", ref=ref, error=str(exc))
+        if first is not None and first.url:
+            self.emit("url_known", ref=ref, status=first)
         return Started(ref, plan.key, first, found, plan.why)
 
     def wait(self, ref: RunRef, options: WaitOptions) -> Flow[RunStatus]:

@@ -4,13 +4,14 @@ entry-point group ``runbridge.providers`` (``name = "package.module:ProviderClas
 from __future__ import annotations
 
 import importlib
+import sys
 from importlib.metadata import entry_points
 from typing import Any
 
 from .errors import ConfigError
 from .providers.base import Provider
 
-__all__ = ["available", "create_provider", "get_provider_class", "register"]
+__all__ = ["available", "create_provider", "get_provider_class", "refresh", "register"]
 
 ENTRY_POINT_GROUP = "runbridge.providers"
 
@@ -33,8 +34,28 @@ def register(cls: type[Provider], name: str | None = None) -> type[Provider]:
     return cls
 
 
+_scanned: tuple[tuple[str, ...], dict[str, str]] | None = None
+"""The last entry-point scan and the ``sys.path`` it was made for."""
+
+
 def _entry_points() -> dict[str, str]:
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    """Third-party providers by name. Scanning installed distributions costs tens of ms, and
+    ``available()`` is asked for every reference string read, so the scan is kept until
+    ``sys.path`` changes (or :func:`refresh` is called, after installing a package into a
+    directory already on it)."""
+    global _scanned
+    path = tuple(sys.path)
+    scanned = _scanned
+    if scanned is None or scanned[0] != path:
+        found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+        scanned = _scanned = (path, found)
+    return dict(scanned[1])
+
+
+def refresh() -> None:
+    """Forget the entry-point scan: the next lookup scans installed distributions again."""
+    global _scanned
+    _scanned = None
 
 
 def available() -> list[str]:

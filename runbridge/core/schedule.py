@@ -7,29 +7,68 @@ source, so every decision is a table-testable function (see tests/core/test_sche
 from __future__ import annotations
 
 import dataclasses
+import math
 import random as _random
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["PollSchedule", "RetryPolicy", "parse_retry_after"]
+__all__ = [
+    "DEFAULT_POLL_CAP",
+    "DEFAULT_POLL_FACTOR",
+    "DEFAULT_POLL_FIRST",
+    "PollSchedule",
+    "RetryPolicy",
+    "parse_retry_after",
+    "seconds",
+]
 
 Random = Callable[[], float]
 """Returns a float in [0, 1)."""
 
+DEFAULT_POLL_FIRST = 1.0
+"""Seconds before the second check of a wait (the first is made at once)."""
+DEFAULT_POLL_FACTOR = 1.5
+"""How much each pause grows over the one before."""
+DEFAULT_POLL_CAP = 10.0
+"""The longest pause between two checks of a wait. A run that ends is seen on average half a
+cap later (5 s; 15 s with the 30 s cap of round 2), at 360 checks an hour per long wait; the
+hub's batched checks make that cheap. The numbers: docs/design-notes.md, "Round 3"."""
 
-def _seconds(value: float | timedelta, name: str) -> float:
+
+def seconds(value: Any, name: str, *, positive: bool = False) -> float | None:
+    """A duration (seconds, int or float, or a ``timedelta``) as float seconds, or None: the one
+    rule for every duration runbridge takes (``config.seconds`` is this function).
+
+    Raises ConfigError naming ``name`` for anything else: bools, strings, NaN, infinities,
+    negatives (and zero when ``positive``)."""
+    if value is None:
+        return None
     if isinstance(value, timedelta):
         value = value.total_seconds()
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"{name} must be a non-negative number of seconds, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        kind = "positive" if positive else "non-negative"
+        raise ConfigError(f"{name} must be a {kind} number of seconds, got {value!r}")
     return float(value)
 
 
+def _seconds(value: float | timedelta, name: str) -> float:
+    """A required, non-negative duration (a field of the policies below)."""
+    if value is None:
+        raise ConfigError(f"{name} must be a number of seconds, got None")
+    result = seconds(value, name)
+    assert result is not None
+    return result
+
+
 def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    """A finite real number (not a bool, NaN or an infinity)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _jittered(delay: float, jitter: float, rand: Random) -> float:
@@ -47,9 +86,9 @@ class PollSchedule:
     spread by ±``jitter``. Runs that finish quickly are seen quickly; long ones cost few checks.
     """
 
-    first: float = 1.0
-    factor: float = 1.5
-    cap: float = 30.0
+    first: float = DEFAULT_POLL_FIRST
+    factor: float = DEFAULT_POLL_FACTOR
+    cap: float = DEFAULT_POLL_CAP
     jitter: float = 0.1
 
     def __post_init__(self) -> None:
@@ -92,7 +131,11 @@ class RetryPolicy:
     max_retry_after: float = 120.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.attempts, int) or self.attempts < 1:
+        if (
+            isinstance(self.attempts, bool)
+            or not isinstance(self.attempts, int)
+            or self.attempts < 1
+        ):
             raise ConfigError(f"retry attempts must be an integer >= 1, got {self.attempts!r}")
         if not _number(self.factor) or self.factor < 1:
             raise ConfigError(f"retry factor must be a number >= 1, got {self.factor!r}")

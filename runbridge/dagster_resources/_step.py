@@ -40,7 +40,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-from dagster._core.events import EngineEventData  # the one private name used
 
 from ..core import (
     DEFAULT_SUCCESS,
@@ -59,6 +58,8 @@ from ..core import (
 from ..core.config import seconds
 from ..core.flows import Event
 from ..core.planner import CANCELLED, LAUNCHED, REATTACHED, STARTING
+from ._compat import engine_event_metadata, step_log, write_engine_event
+from ._compat import step_key as _step_key_of
 from ._metadata import status_metadata
 
 if TYPE_CHECKING:
@@ -141,10 +142,6 @@ def _op_context(context: Context) -> dg.OpExecutionContext:
     return context
 
 
-def _step_key(context: dg.OpExecutionContext) -> str:
-    return str(context.get_step_execution_context().step.key)
-
-
 def _history(context: dg.OpExecutionContext, step_key: str) -> list[Execution]:
     """The step's records in the current Dagster run, then its parent, ... up to the root."""
     instance = context.instance
@@ -153,9 +150,10 @@ def _history(context: dg.OpExecutionContext, step_key: str) -> list[Execution]:
     while run is not None and len(history) < MAX_LINEAGE:
         records: list[LaunchRecord] = []
         succeeded = False
-        entries = instance.all_logs(
+        entries = step_log(
+            instance,
             run.run_id,
-            of_type={dg.DagsterEventType.ENGINE_EVENT, dg.DagsterEventType.STEP_SUCCESS},
+            {dg.DagsterEventType.ENGINE_EVENT, dg.DagsterEventType.STEP_SUCCESS},
         )
         for entry in entries:
             event = entry.dagster_event
@@ -165,7 +163,7 @@ def _history(context: dg.OpExecutionContext, step_key: str) -> list[Execution]:
                 succeeded = True
                 continue
             try:
-                record = read_record(event.engine_event_data.metadata)
+                record = read_record(engine_event_metadata(event))
             except ConfigError as exc:
                 context.log.warning(f"Ignoring an unreadable runbridge record: {exc}")
                 continue
@@ -201,22 +199,22 @@ class _EventLogStore:
         text = message or _MESSAGES[record.action].format(key=repr(record.key), ref=record.ref)
         # the key may come from the user (config), so the stored text is redacted
         redacted = LaunchRecord(self.client.redact(record.key), record.ref, record.action)
-        dg.DagsterEvent.engine_event(
-            self.context.get_step_execution_context(),
-            self.client.redact(text),
-            EngineEventData(metadata=record_metadata(redacted)),
-        )
+        write_engine_event(self.context, self.client.redact(text), record_metadata(redacted))
 
 
 # -- logging through the context -----------------------------------------------------------
 class _StepLog:
-    """A runbridge event hook that writes to Dagster's context logger (redacted) and remembers
-    the last status seen (to know, when interrupted, whether the run is still going)."""
+    """A runbridge event hook that writes to Dagster's context logger (redacted), remembers
+    the last status seen (to know, when interrupted, whether the run is still going) and
+    publishes the run's page as soon as core announces it (``url_known``)."""
 
     def __init__(self, context: dg.OpExecutionContext, client: RunClient) -> None:
+        self.context = context
         self.log = context.log
         self.redact = client.redact
         self.last: RunStatus | None = None
+        self.url: str | None = None
+        """The run page URL last published (None: none yet)."""
         self._logged_raw: str | None = None
 
     def info(self, text: str) -> None:
@@ -244,6 +242,39 @@ class _StepLog:
             self.warning(f"{event.ref} {event.message}; cancelling it")
         elif event.kind == "cancel_failed":
             self.warning(f"Cancelling {event.ref} failed: {event.error}")
+        elif event.kind == "url_known" and event.status is not None:
+            self.url_known(event.status)
+
+    def url_known(self, status: RunStatus) -> None:
+        """Publish the run's page when it first appears or changes (core announces it again
+        with each wait; only a change is published). An asset step reports an
+        ``AssetObservation`` of each asset it materializes (public API: shown on the asset's
+        page and in the run's log); an op step, which has no asset, an engine event of the
+        step. Both carry ``run_url`` and ``run_ref`` metadata."""
+        url = status.url
+        if not url or url == self.url:
+            return
+        self.url = url
+        metadata = {
+            "run_url": dg.MetadataValue.url(url),
+            "run_ref": dg.MetadataValue.text(status.ref.to_string()),
+        }
+        text = self.redact(f"Run page of {status.ref}: {url}")
+        context = self.context
+        if context.has_assets_def and context.selected_asset_keys:
+            partition = context.partition_key if context.has_partition_key else None
+            for asset_key in sorted(context.selected_asset_keys, key=lambda k: k.to_string()):
+                context.log_event(
+                    dg.AssetObservation(
+                        asset_key=asset_key,
+                        metadata=metadata,
+                        partition=partition,
+                        description=text,
+                    )
+                )
+            self.log.info(text)
+        else:
+            write_engine_event(context, text, metadata)
 
     def status(self, status: RunStatus) -> None:
         self.last = status
@@ -277,7 +308,7 @@ def run_step(
     # checked before anything is launched
     wait_timeout = seconds(wait_timeout, "wait_timeout")
     run_timeout = seconds(run_timeout, "run_timeout")
-    step_key = _step_key(op_context)
+    step_key = _step_key_of(op_context)
     started = time.monotonic()
     with resource.get_client() as client:
         if run_timeout is not None and not client.provider.supports_cancel:
@@ -402,11 +433,24 @@ def _wait(
             description=client.redact(
                 f"{exc} (a retry or re-execution of this step re-attaches to it)"
             ),
-            metadata=status_metadata(last, observed_seconds=time.monotonic() - started)
-            if last is not None
-            else {"run_ref": dg.MetadataValue.text(ref.to_string())},
+            metadata=_with_url(
+                status_metadata(last, observed_seconds=time.monotonic() - started)
+                if last is not None
+                else {"run_ref": dg.MetadataValue.text(ref.to_string())},
+                log.url,
+            ),
             allow_retries=True,
         ) from None
+
+
+def _with_url(
+    metadata: dict[str, dg.MetadataValue], url: str | None
+) -> dict[str, dg.MetadataValue]:
+    """``metadata`` with the run page published during the step when the last status carries
+    none (a platform may report the page only while the run goes)."""
+    if url and "run_url" not in metadata:
+        return {"run_url": dg.MetadataValue.url(url), **metadata}
+    return metadata
 
 
 def _finish(
@@ -419,7 +463,7 @@ def _finish(
     reattached: bool,
     observed: float,
 ) -> ExternalRunResult:
-    metadata = status_metadata(status, observed_seconds=observed)
+    metadata = _with_url(status_metadata(status, observed_seconds=observed), log.url)
     duration = metadata.get("duration_seconds")
     took = f" after {duration.value:g}s" if duration is not None else ""
     detail = f": {status.message}" if status.message else ""

@@ -21,8 +21,8 @@ which would leave the external run going after the task was killed.
 
 Which name dispatches where follows Prefect 3's convention (PrefectHQ/prefect#15008): an
 explicit ``a``-prefixed coroutine method is the implementation, and the plain name is
-decorated with ``@async_dispatch``, so ``await job.trigger()`` works in async flows and
-``job.trigger()`` in sync ones.
+decorated with ``@async_dispatch`` (runbridge's own, on Prefect's public run context; Prefect's
+is private), so ``await job.trigger()`` works in async flows and ``job.trigger()`` in sync ones.
 """
 
 from __future__ import annotations
@@ -30,50 +30,60 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import functools
 import os
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["async_dispatch", "bridge_loop", "run_sync"]
+__all__ = ["async_dispatch", "bridge_loop", "in_async_context", "run_sync"]
 
 T = TypeVar("T")
 
-try:
-    from prefect._internal.compatibility.async_dispatch import async_dispatch
-except ImportError:  # pragma: no cover - a Prefect 3 without it; keep the same behaviour
-    import functools
 
-    def async_dispatch(  # type: ignore[misc]
-        async_impl: Callable[..., Coroutine[Any, Any, Any]],
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        def decorator(sync_fn: Callable[..., Any]) -> Callable[..., Any]:
-            @functools.wraps(sync_fn)
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
-                force = kwargs.pop("_sync", None)
-                run_sync_now = bool(force) if force is not None else not _in_async_context()
-                return (sync_fn if run_sync_now else async_impl)(*args, **kwargs)
+def async_dispatch(
+    async_impl: Callable[..., Coroutine[Any, Any, Any]],
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Prefect 3's dispatch convention, built on its public run context: the decorated sync
+    method runs in sync code (a sync flow or task, or outside any run with no running event
+    loop); in async code (an async flow or task, or a running event loop outside any run) the
+    call returns ``async_impl``'s coroutine instead. ``_sync=True``/``False`` forces either.
 
-            wrapper.aio = async_impl  # type: ignore[attr-defined]
-            return wrapper
+    Prefect's own ``async_dispatch`` does the same but lives in
+    ``prefect._internal.compatibility``, a private module; runbridge does not import it.
+    ``tests/prefect/test_dispatch.py`` checks that both decide alike where Prefect has one.
+    """
 
-        return decorator
+    def decorator(sync_fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(sync_fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            force = kwargs.pop("_sync", None)
+            run_sync_now = bool(force) if force is not None else not in_async_context()
+            return (sync_fn if run_sync_now else async_impl)(*args, **kwargs)
 
-    def _in_async_context() -> bool:
-        from prefect.context import get_run_context
-        from prefect.exceptions import MissingContextError
+        wrapper.aio = async_impl  # type: ignore[attr-defined]
+        return wrapper
 
+    return decorator
+
+
+def in_async_context() -> bool:
+    """Is the caller async code: an async flow or task run, or (outside any run) a thread
+    with a running event loop?"""
+    from prefect.context import get_run_context
+    from prefect.exceptions import MissingContextError
+
+    try:
+        ctx = get_run_context()
+    except MissingContextError:
         try:
-            ctx = get_run_context()
-        except MissingContextError:
-            try:
-                asyncio.get_running_loop()
-                return True
-            except RuntimeError:
-                return False
-        parent = getattr(ctx, "task", None) or getattr(ctx, "flow", None)
-        return bool(getattr(parent, "isasync", True))
+            asyncio.get_running_loop()
+            return True
+        except RuntimeError:
+            return False
+    parent = getattr(ctx, "task", None) or getattr(ctx, "flow", None)
+    return bool(getattr(parent, "isasync", True))
 
 
 POLL_SLICE = 0.1

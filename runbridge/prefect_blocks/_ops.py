@@ -30,7 +30,7 @@ from . import _runtime
 from ._bridge import is_bridge_loop
 from .credentials import RunbridgeCredentials
 
-__all__ = ["WaitPolicy", "cancel", "get", "launch", "shared_client", "wait"]
+__all__ = ["TaskRunCancelled", "WaitPolicy", "cancel", "get", "launch", "shared_client", "wait"]
 
 CANCEL_TIMEOUT = 60.0
 """How long cancelling the external run may take when a wait is killed."""
@@ -69,9 +69,12 @@ async def shared_client(credentials: RunbridgeCredentials) -> AsyncIterator[Asyn
 class _Listener:
     """Turns one operation's client events (``on_event=``) into run-logger lines."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, artifacts: bool = False) -> None:
         self.log = _runtime.logger()
         self.last_raw: str | None = None
+        self.artifacts = artifacts
+        """Make the run's link artifact when its URL becomes known (``url_known``)."""
+        self.pending: list[asyncio.Task[None]] = []
 
     def __call__(self, event: Event) -> None:
         status = event.status
@@ -96,6 +99,36 @@ class _Listener:
                 event.platform,
                 status.raw_state,
             )
+        elif event.kind == "url_known" and status is not None and status.url:
+            self._link(event.ref or status.ref, status)
+
+    def _link(self, ref: RunRef, status: RunStatus) -> None:
+        """Make the link artifact of ``ref``'s page, once per URL: a URL that appears after the
+        launch (a W&B Launch queue item that got its run) or changes gets a new link."""
+        if not self.artifacts or _runtime.linked.get(ref) == status.url:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # hooks run on the client's loop; nothing to attach to otherwise
+            return
+        previous = _runtime.linked.get(ref)
+        _runtime.linked[ref] = str(status.url)
+        if previous is not None:
+            self.log.info("%s run %s now has its page at %s", ref.platform, ref.id, status.url)
+        # in this operation's context (the run context the artifact attaches to)
+        self.pending.append(loop.create_task(_runtime.link_artifact(status)))
+
+    async def flush(self) -> None:
+        """Let the link artifacts this operation started be made."""
+        pending, self.pending = self.pending, []
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def discard(self) -> None:
+        """The operation was killed: do not hold it up for artifacts."""
+        pending, self.pending = self.pending, []
+        for task in pending:
+            task.cancel()
 
 
 async def launch(
@@ -111,18 +144,22 @@ async def launch(
     """Launch a run, or re-attach to the one an earlier attempt of this task launched (core's
     planner decides, from the records this task keeps in Prefect's result store).
 
-    ``key``: the task's identity; by default derived from the Prefect run (task run id, or
-    flow run attempt). Returns what ``client.start`` came to (its ``status`` is None when the
+    ``key``: the task's identity; by default derived from the Prefect run (the flow run, the
+    task's stable key and what is launched: ``_runtime.derive_key``), so a task retry and a
+    restarted flow run find what earlier attempts launched. Returns what ``client.start`` came to (its ``status`` is None when the
     first status read hit a transient error: the wait will tell). Once the run exists, being
     killed (cancelled flow run, timeout) cancels it, as in :func:`wait`.
     """
-    listener = _Listener()
+    listener = _Listener(artifacts=artifacts)
     log = listener.log
     store_key: str | None = key
     if key is None:
         identity = _runtime.current_identity()
         if identity is not None:
-            key = store_key = _runtime.derive_key(identity)
+            launch_text = _runtime.launch_fingerprint(
+                credentials.platform, credentials.base_url, params
+            )
+            key = store_key = _runtime.derive_key(identity, launch_text)
         else:  # outside any Prefect run and no key: nothing to re-attach to, nothing to keep
             key = f"runbridge-{uuid.uuid4().hex}"
     history: list[Execution] = []
@@ -161,12 +198,14 @@ async def launch(
                 log.info("Launched %s run %s%s", ref.platform, ref.id, url)
             if status is not None:
                 listener.last_raw = status.raw_state
-                if artifacts:
-                    await _runtime.link_artifact(status)
-            elif artifacts:  # no URL yet: the wait for this run makes the link
-                _runtime.link_pending.add(ref)
+            # the link artifact: made by the url_known event, now or once the wait sees the URL
+            await listener.flush()
         except BaseException as exc:
-            if _killed(exc) and cancel_on_kill and runs:
+            if not _killed(exc):
+                await listener.flush()
+                raise
+            listener.discard()
+            if cancel_on_kill and runs:
                 await _cancel_killed(client, runs[-1], log, exc)
             raise
     return started
@@ -194,7 +233,7 @@ async def wait(credentials: RunbridgeCredentials, ref: RunRef, policy: WaitPolic
     """Wait for the run to end; return its terminal status (a failed run is returned, not
     raised). If the wait is killed, cancel the run (per ``policy.cancel_on_kill``) and re-raise.
     """
-    listener = _Listener()
+    listener = _Listener(artifacts=policy.artifacts)
     log = listener.log
     cancel_on_kill = (
         _runtime.launched_here(ref) if policy.cancel_on_kill is None else policy.cancel_on_kill
@@ -214,21 +253,31 @@ async def wait(credentials: RunbridgeCredentials, ref: RunRef, policy: WaitPolic
             )
         except WaitTimeout as exc:
             log.warning("%s", exc)
+            await listener.flush()
             raise
         except BaseException as exc:
-            if _killed(exc) and cancel_on_kill:
+            if not _killed(exc):
+                await listener.flush()
+                raise
+            listener.discard()
+            if cancel_on_kill:
                 await _cancel_killed(client, ref, log, exc)
             raise
+    await listener.flush()
     if status.cancelled_by_runbridge:  # run_timeout: a retry launches a new run
         await _runtime.record_cancelled(ref)
     succeeded = status.succeeded(policy.success)
     (log.info if succeeded else log.error)("Finished: %s", status.summary())
     if policy.artifacts:
-        if ref in _runtime.link_pending:  # the launch could not read the run's URL
-            _runtime.link_pending.discard(ref)
-            await _runtime.link_artifact(status)
         await _runtime.status_artifact(status, succeeded)
     return status
+
+
+class TaskRunCancelled(BaseException):
+    """Prefect cancelled the submitted task run a wait is in (its flow run was cancelled).
+
+    A ``BaseException``, as a kill is (the wait cancels its external run), but not asyncio's
+    ``CancelledError``: the tasks catch it and end the task run Cancelled."""
 
 
 CANCEL_EVENT_POLL = 0.2
@@ -238,7 +287,7 @@ CANCEL_EVENT_POLL = 0.2
 async def _unless_cancelled(
     wait: Coroutine[Any, Any, RunStatus], event: threading.Event | None
 ) -> RunStatus:
-    """Await ``wait``; raise ``CancelledError`` if ``event`` (Prefect's cancel event of a
+    """Await ``wait``; raise ``TaskRunCancelled`` if ``event`` (Prefect's cancel event of a
     submitted task run) is set first.
 
     A task submitted to Prefect's thread pool runs in a worker thread, where a flow-run
@@ -255,7 +304,9 @@ async def _unless_cancelled(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-                raise asyncio.CancelledError("the task run was cancelled")
+                raise TaskRunCancelled(
+                    "the flow run was cancelled, so Prefect cancelled this task run"
+                )
         return task.result()
     finally:
         if not task.done():
@@ -267,10 +318,13 @@ async def _cancel_killed(client: AsyncRunClient, ref: RunRef, log: Any, why: Bas
     (anyio's scopes and asyncio's own), bounded by ``CANCEL_TIMEOUT``. Once cancelled, the
     run is recorded as such, so a retry of the task launches a new run."""
 
-    stopped = (
-        f"Stopped from outside ({type(why).__name__}: a cancelled flow run, a timeout or an "
-        "interrupt)"
-    )
+    if isinstance(why, TaskRunCancelled):
+        stopped = "The flow run was cancelled"
+    else:
+        stopped = (
+            f"Stopped from outside ({type(why).__name__}: a cancelled flow run, a timeout or an "
+            "interrupt)"
+        )
 
     async def cancel_it() -> None:
         try:

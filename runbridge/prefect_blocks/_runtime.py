@@ -4,11 +4,17 @@ across task retries, a store for the launch records, and artifacts."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import json
 import logging
+import math
+import os
+import pathlib
 import threading
-from typing import Any
+import time
+from collections.abc import Mapping
+from typing import Any, cast
 from uuid import UUID
 
 from prefect.context import FlowRunContext, TaskRunContext, get_run_context
@@ -46,20 +52,29 @@ def logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
 
 @dataclasses.dataclass(frozen=True)
 class RunIdentity:
-    """The Prefect run an operation belongs to."""
+    """The Prefect run an operation belongs to: identities that survive a restart of the flow
+    run (its id, the task's code key) and the attempt counters that do not."""
 
     flow_run_id: UUID | None
     task_run_id: UUID | None
     run_count: int
     """Which attempt of the task run (or of the flow run, outside a task) this is."""
     name: str
+    task_key: str | None = None
+    """The task's stable key (Prefect's ``task_key``: its qualified name and code); None in the
+    flow's own code."""
+    flow_run_count: int = 0
+    """Which attempt of the flow run this is (a retry or a restart of a crashed flow run)."""
 
     @property
     def in_run(self) -> bool:
         return self.flow_run_id is not None or self.task_run_id is not None
 
 
-_counters: dict[tuple[str, int], int] = {}
+_slots: dict[tuple[str, int], dict[tuple[Any, int], int]] = {}
+"""Per (base key, flow-run attempt): which occurrence number each launch call got."""
+_calls: dict[tuple[str, int, Any, int], int] = {}
+"""Per (base key, flow-run attempt, task run, task-run attempt): launches made so far."""
 _counters_lock = threading.Lock()
 
 
@@ -71,35 +86,66 @@ def current_identity() -> RunIdentity | None:
         return None
     if isinstance(ctx, TaskRunContext):
         task_run = ctx.task_run
-        return RunIdentity(task_run.flow_run_id, task_run.id, task_run.run_count, task_run.name)
+        return RunIdentity(
+            task_run.flow_run_id,
+            task_run.id,
+            task_run.run_count,
+            task_run.name,
+            task_key=task_run.task_key,
+            flow_run_count=task_run.flow_run_run_count,
+        )
     if isinstance(ctx, FlowRunContext) and ctx.flow_run is not None:
         flow_run = ctx.flow_run
-        return RunIdentity(flow_run.id, None, flow_run.run_count, flow_run.name)
+        return RunIdentity(
+            flow_run.id, None, flow_run.run_count, flow_run.name, flow_run_count=flow_run.run_count
+        )
     return None
 
 
-def derive_key(identity: RunIdentity) -> str:
-    """The key of the next launch in this run: the task's identity, under which its launch
-    records are kept, and the launch key the planner starts from (``key``, then ``key#1``...
-    when a new run replaces one runbridge cancelled, or one that failed with
-    ``relaunch_failed``).
+def launch_fingerprint(platform: str, base_url: str, params: Mapping[str, Any]) -> str:
+    """What is launched, as text: part of the derived key, so that the launches of one task
+    (the calls of a mapped task) are told apart by what they launch, not by the order in which
+    Prefect's threads reach them, which a restarted flow run does not repeat."""
+    text = json.dumps(dict(params), sort_keys=True, default=str, separators=(",", ":"))
+    return f"{platform}\n{base_url}\n{text}"
 
-    ``prefect-<flow run id>-<task run id>-<n>``: the n-th launch of this task run (``task`` for
-    the flow run id of a task run outside any flow). A task retry is the same task run (same
-    id), and counts launches from 0 again, so the retry finds the records of its first attempt
-    and re-attaches to the run it launched. Outside a task (in the flow's own code) the flow
-    run's attempt takes the task run's place (``flow<attempt>``), so a flow-run retry launches
-    anew, as the new task runs of a retried flow run do.
+
+def base_key(identity: RunIdentity, launch: str) -> str:
+    """``prefect-<flow run id>-<digest>``: :func:`derive_key` without the occurrence number."""
+    if identity.flow_run_id is not None:
+        scope = str(identity.flow_run_id)
+    else:  # a task run outside any flow
+        scope = f"task{identity.task_run_id}"
+    digest = hashlib.sha256(f"{identity.task_key or 'flow'}\n{launch}".encode()).hexdigest()[:16]
+    return f"prefect-{scope}-{digest}"
+
+
+def derive_key(identity: RunIdentity, launch: str = "") -> str:
+    """The key of a launch in this run: the task's identity, under which its launch records are
+    kept, and the launch key the planner starts from (``key``, then ``key#1``... when a new run
+    replaces one runbridge cancelled, or one that failed with ``relaunch_failed``).
+
+    ``prefect-<flow run id>-<digest>-<n>``: ``digest`` hashes the task's stable key (its
+    qualified name and code; ``flow`` in the flow's own code) and ``launch`` (what is launched:
+    :func:`launch_fingerprint`); ``n`` counts the launches of the same thing by the same task in
+    this attempt of the flow run. None of these change when the flow run is retried or a
+    crashed flow run is restarted (Prefect then makes new task runs with new ids), so the new
+    attempt finds the records of the old one and re-attaches to the runs it launched. A task
+    retry is the same task run: its launches get the numbers its first attempt's got. Two
+    launches of the same thing by the same task (a task mapped over equal parameters) may swap
+    numbers between attempts, which re-attaches each to one of two equal runs.
     """
-    if identity.task_run_id is not None:
-        scope = str(identity.task_run_id)
-    else:
-        scope = f"flow{identity.run_count}"
-    base = f"prefect-{identity.flow_run_id or 'task'}-{scope}"
-    counter_key = (base, identity.run_count)
+    base = base_key(identity, launch)
     with _counters_lock:
-        n = _counters.get(counter_key, 0)
-        _counters[counter_key] = n + 1
+        if identity.task_run_id is not None:
+            caller: Any = identity.task_run_id
+            calls_key = (base, identity.flow_run_count, caller, identity.run_count)
+            i = _calls.get(calls_key, 0)
+            _calls[calls_key] = i + 1
+        else:  # the flow's own code: every call is a new launch
+            caller, i = object(), 0
+        slot = _slots.setdefault((base, identity.flow_run_count), {})
+        n = slot.setdefault((caller, i), len(slot))
     return f"{base}-{n}"
 
 
@@ -139,8 +185,11 @@ class RecordStoreError(RuntimeError):
     """Prefect's result store could not be read or written."""
 
 
+RECORD_PREFIX = "runbridge-launches-"
+
+
 def _record_key(key: str) -> str:
-    return "runbridge-launches-" + hashlib.sha256(key.encode("utf-8")).hexdigest()[:40]
+    return RECORD_PREFIX + hashlib.sha256(key.encode("utf-8")).hexdigest()[:40]
 
 
 def _parse(data: Any) -> list[LaunchRecord]:
@@ -188,12 +237,74 @@ async def save_record(key: str, record: LaunchRecord) -> None:
     try:
         from prefect.results import get_result_store
 
-        await get_result_store().awrite(records, key=_record_key(key))
+        store = get_result_store()
+        expiration = datetime.datetime.now(datetime.timezone.utc) + record_ttl()
+        # a datetime: Prefect's pydantic model makes its own DateTime of it
+        await store.awrite(records, key=_record_key(key), expiration=cast(Any, expiration))
     except Exception as exc:
         message = f"runbridge could not persist its launch record in Prefect's result store: {exc}"
         if record.ref is None:  # a ``starting`` record: nothing launched yet
             raise RecordStoreError(f"{message}; not launching") from exc
         logger().warning("%s (%s run %s)", message, record.ref.platform, record.ref.id)
+        return
+    prune_expired(store)
+
+
+RECORD_TTL = datetime.timedelta(days=7)
+"""How long launch records are kept: a task retry or a restart of the flow run within this
+long re-attaches; after it, the records are expired (Prefect's result store no longer reads
+them) and, in local result storage, deleted. ``RUNBRIDGE_PREFECT_RECORD_TTL`` (seconds)
+overrides it."""
+TTL_ENV = "RUNBRIDGE_PREFECT_RECORD_TTL"
+PRUNE_EVERY = 600.0
+"""Seconds between two sweeps of one local storage directory by one process."""
+_pruned: dict[str, float] = {}
+
+
+def record_ttl() -> datetime.timedelta:
+    """``RECORD_TTL``, or the number of seconds in ``$RUNBRIDGE_PREFECT_RECORD_TTL``."""
+    text = os.environ.get(TTL_ENV)
+    if text is None or not text.strip():
+        return RECORD_TTL
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{TTL_ENV} must be a positive number of seconds, got {text!r}")
+    return datetime.timedelta(seconds=value)
+
+
+def prune_expired(store: Any) -> int:
+    """Delete the launch records older than :func:`record_ttl` from ``store``'s storage, if it
+    is a local directory (Prefect's default result storage); at most once every
+    ``PRUNE_EVERY`` seconds per directory. Remote storage keeps expired records (the result
+    store ignores them): give its bucket a lifecycle rule. Returns how many were deleted."""
+    from prefect.filesystems import LocalFileSystem
+
+    storage = getattr(store, "result_storage", None)
+    if not isinstance(storage, LocalFileSystem):
+        return 0
+    directory = pathlib.Path(storage.basepath or ".").expanduser()
+    now = time.time()
+    with _counters_lock:
+        last = _pruned.get(str(directory))
+        if last is not None and now - last < PRUNE_EVERY:
+            return 0
+        _pruned[str(directory)] = now
+    cutoff = now - record_ttl().total_seconds()
+    deleted = 0
+    try:
+        for path in directory.glob(RECORD_PREFIX + "*"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    deleted += 1
+            except OSError:
+                continue  # another process deleted it, or it cannot be: next sweep
+    except OSError as exc:
+        logger().debug("runbridge: could not sweep %s: %s", directory, exc)
+    return deleted
 
 
 async def record_cancelled(ref: RunRef) -> None:
@@ -204,9 +315,9 @@ async def record_cancelled(ref: RunRef) -> None:
         await save_record(store_key, LaunchRecord(launch_key, ref, CANCELLED))
 
 
-link_pending: set[RunRef] = set()
-"""Runs launched here whose link artifact waits for a status with the URL (the launch's first
-status read failed)."""
+linked: dict[RunRef, str] = {}
+"""The page URL of each run this process made a link artifact for (one link per run and URL:
+a wait after the launch announces the same URL again)."""
 
 
 def mark_launched(ref: RunRef, store_key: str | None, launch_key: str) -> None:

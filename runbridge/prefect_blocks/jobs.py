@@ -206,7 +206,7 @@ class ExternalRunJob(JobBlock):
         return ExternalRun(self, started.ref, started.status)
 
     @async_dispatch(atrigger)
-    def trigger(  # type: ignore[override]
+    def trigger(
         self, params: Mapping[str, Any] | None = None, *, key: str | None = None
     ) -> ExternalRun:
         """Launch the run and return its ``ExternalRun`` (awaitable in async flows)."""
@@ -247,7 +247,7 @@ class ExternalRun(JobRun[RunStatus]):  # not a block
         return self.status
 
     @async_dispatch(await_for_completion)
-    def wait_for_completion(self) -> RunStatus:  # type: ignore[override]
+    def wait_for_completion(self) -> RunStatus:
         """Wait until the run ends and return its final status (awaitable in async flows)."""
         return run_sync(self.await_for_completion())
 
@@ -260,7 +260,7 @@ class ExternalRun(JobRun[RunStatus]):  # not a block
         return self.status.raise_for_state(parse_states(self.job.success))
 
     @async_dispatch(afetch_result)
-    def fetch_result(self) -> RunStatus:  # type: ignore[override]
+    def fetch_result(self) -> RunStatus:
         """The final status; raises ``RunFailed`` unless the run succeeded."""
         return run_sync(self.afetch_result())
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -85,7 +85,10 @@ async def _launch_run(
 async def _wait_for_run(
     credentials: RunbridgeCredentials, ref: RefLike, policy: _ops.WaitPolicy, check: bool
 ) -> RunStatus:
-    status = await _ops.wait(credentials, RunRef.coerce(ref), policy)
+    try:
+        status = await _ops.wait(credentials, RunRef.coerce(ref), policy)
+    except _ops.TaskRunCancelled as exc:
+        return _cancelled(exc)
     return status.raise_for_state(policy.success) if check else status
 
 
@@ -103,8 +106,22 @@ async def _launch_and_wait(
         artifacts=policy.artifacts,
         cancel_on_kill=policy.cancel_on_kill is not False,
     )
-    status = await _ops.wait(credentials, started.ref, policy)
+    try:
+        status = await _ops.wait(credentials, started.ref, policy)
+    except _ops.TaskRunCancelled as exc:
+        return _cancelled(exc)
     return status.raise_for_state(policy.success)
+
+
+def _cancelled(exc: _ops.TaskRunCancelled) -> RunStatus:
+    """The task run's final state when Prefect cancelled it (its flow run was cancelled) while
+    it waited in a worker thread: Cancelled, as Prefect's public way for a task to end in a state
+    it chooses (returning the state), instead of a crash with a traceback. The wait has already
+    cancelled the external run (``cancel_on_kill``)."""
+    from prefect.states import Cancelled
+
+    # a task may return a State (Prefect then takes it as the run's final state), not a RunStatus
+    return cast(RunStatus, Cancelled(message=str(exc)))
 
 
 # -- launch_run ----------------------------------------------------------------------------------

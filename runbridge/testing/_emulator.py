@@ -21,18 +21,21 @@ import contextvars
 import dataclasses
 import hashlib
 import json
+import math
 import random
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
+
+from . import _control
 
 __all__ = [
     "DroppedByFault",
@@ -146,12 +149,17 @@ class Fault:
     """Where ``truncate`` cuts and ``garble`` overwrites, as a fraction of the body's length."""
     ok_only: bool = False
     """``truncate`` and ``garble``: spoil only a 2xx answer."""
+    on: str | None = None
+    """``launch``, ``status`` or ``cancel``: only the platform's request of that kind (each
+    emulator maps the word in ``Emulator.fault_targets``), besides ``method`` and ``path``."""
 
     def __post_init__(self) -> None:
         if self.kind in ("truncate", "garble") and self.when != "after":
             raise ValueError(f"a {self.kind!r} fault needs the real answer: use when='after'")
         if not 0.0 <= self.cut <= 1.0:
             raise ValueError(f"cut must be a fraction between 0 and 1, got {self.cut!r}")
+        if self.on not in (None, "launch", "status", "cancel"):
+            raise ValueError(f"on must be 'launch', 'status' or 'cancel', got {self.on!r}")
 
     def matches(self, method: str, path: str) -> bool:
         if self.method and self.method.upper() != method:
@@ -167,7 +175,7 @@ class Fault:
             what = f"status {self.status}"
         elif self.kind == "delay":
             what = f"delay {self.seconds:g}s"
-        return f"{what} {self.when}"
+        return f"{what} {self.when}" + (f" on {self.on}" if self.on else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +260,8 @@ class RandomFaults:
         return dataclasses.replace(fault, times=1, method=None, path=None)
 
 
+_E = TypeVar("_E", bound="Emulator")
+
 _current_request: contextvars.ContextVar[RecordedRequest | None] = contextvars.ContextVar(
     "runbridge_emulator_request", default=None
 )
@@ -266,6 +276,21 @@ class Emulator:
 
     platform: ClassVar[str]
     default_script: ClassVar[Script] = Script()
+    script_words: ClassVar[Mapping[str, str | None]] = {}
+    """The generic script words of the control API (``queued``, ``running``, ``success``,
+    ``failed``, ``cancelled``, ``unknown``) as this platform's raw states; None: the platform
+    cannot carry that state."""
+    raw_states: ClassVar[frozenset[str]] = frozenset()
+    """The raw states a script sent to the control API may name."""
+    fault_targets: ClassVar[Mapping[str, Callable[[RecordedRequest], bool]]] = {}
+    """The requests a fault's ``on`` (``launch``, ``status``, ``cancel``) names."""
+
+    _init_args: tuple[tuple[Any, ...], dict[str, Any]]
+
+    def __new__(cls: type[_E], *args: Any, **kwargs: Any) -> _E:
+        emulator = super().__new__(cls)
+        emulator._init_args = (args, dict(kwargs))  # for reset()
+        return emulator
 
     def __init__(self, *, script: Script | None = None, token: str | None = None) -> None:
         self.lock = threading.RLock()
@@ -290,6 +315,8 @@ class Emulator:
         self._default = script or self.default_script
         self.base_url: str = ""
         self._app: Starlette | None = None
+        self.user_cancels: list[str] = []
+        """Runs cancelled through the control API, as a user of the platform would."""
 
     # -- scripting ---------------------------------------------------------------------------
     def script(self, *scripts: Script) -> None:
@@ -337,10 +364,15 @@ class Emulator:
             self.faults.append(fault)
         return fault
 
-    def _take_fault(self, method: str, path: str, when: str) -> Fault | None:
+    def _take_fault(self, request: RecordedRequest, when: str) -> Fault | None:
         with self.lock:
             for fault in self.faults:
-                if fault.when == when and fault.times > 0 and fault.matches(method, path):
+                if (
+                    fault.when == when
+                    and fault.times > 0
+                    and fault.matches(request.method, request.path)
+                    and self._targets(fault, request)
+                ):
                     fault.times -= 1
                     if fault.times == 0:
                         self.faults.remove(fault)
@@ -349,12 +381,18 @@ class Emulator:
 
     def _choose_fault(self, request: RecordedRequest) -> Fault | None:
         """The fault this request meets (queued first, then random), or None."""
-        fault = self._take_fault(request.method, request.path, "before")
+        fault = self._take_fault(request, "before")
         if fault is None:
-            fault = self._take_fault(request.method, request.path, "after")
+            fault = self._take_fault(request, "after")
         if fault is None and self.chaos is not None:
             fault = self.chaos.draw(request)
         return fault
+
+    def _targets(self, fault: Fault, request: RecordedRequest) -> bool:
+        if fault.on is None:
+            return True
+        target = self.fault_targets.get(fault.on)
+        return target is not None and target(request)
 
     def _met(self, fault: Fault, request: RecordedRequest, answered: int | None = None) -> None:
         with self.lock:
@@ -375,6 +413,188 @@ class Emulator:
     def requests_to(self, method: str, path_contains: str = "") -> list[RecordedRequest]:
         with self.lock:
             return [r for r in self.requests if r.method == method and path_contains in r.path]
+
+    # -- the control API (see _control.py) ------------------------------------------------------
+    def set_default(self, script: Script, *, survive_reset: bool = False) -> None:
+        """The script used when the queue is empty; with ``survive_reset`` also after
+        :meth:`reset` (as if given to the constructor: ``emulate --script``)."""
+        with self.lock:
+            self._default = script
+            if survive_reset:
+                self._init_args[1]["script"] = script
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self.faults.clear()
+
+    def refresh(self, now: float) -> None:
+        """Apply what is due by ``now`` (for emulators that advance lazily, on requests)."""
+
+    def run_view(self, run: EmulatedRun, now: float) -> tuple[str, bool]:
+        """(raw state, finished?) of a run now, as the platform would report it."""
+        return run.state(now)
+
+    def run_key(self, run: EmulatedRun) -> str | None:
+        """The caller-chosen id or idempotency key the run was launched with, if any."""
+        key = run.data.get("key")
+        return key if isinstance(key, str) else None
+
+    def user_cancel(self, run: EmulatedRun) -> str | None:
+        """Cancel ``run`` as a user of the platform would (not through runbridge's client).
+
+        Returns None when done, else why it cannot be (the run already ended, the platform has
+        no cancel). The default moves the run to the ``cancelled`` script word's raw state.
+        """
+        cancelled = self.script_words.get("cancelled")
+        if cancelled is None:
+            return f"{self.platform} runs cannot be cancelled"
+        now = self.now()
+        raw, done = self.run_view(run, now)
+        if done:
+            return f"run {run.id} already finished ({raw})"
+        run.cancelled, run.cancelled_at = cancelled, now
+        return None
+
+    def find_run(self, run_id: str) -> EmulatedRun | None:
+        """A run by its id (or the key it is stored under)."""
+        with self.lock:
+            run = self.runs.get(run_id)
+            if run is not None:
+                return run
+            return next((r for r in self.runs.values() if r.id == run_id), None)
+
+    def cancel_as_user(self, run_id: str) -> str | None:
+        """Cancel a run as a user would (see :meth:`user_cancel`); None, or why not."""
+        with self.lock:
+            self.refresh(self.now())
+            run = self.find_run(run_id)
+            if run is None:
+                return f"no run {run_id!r}"
+            problem = self.user_cancel(run)
+            if problem is None:
+                self.user_cancels.append(run.id)
+            return problem
+
+    def _launch_texts(self) -> list[str] | None:
+        """Each launch request as one text (path, headers, body) to look keys up in; None when
+        the platform names no launch request."""
+        target = self.fault_targets.get("launch")
+        if target is None:
+            return None
+        texts = []
+        for request in self.requests:
+            if target(request):
+                try:
+                    body = json.dumps(request.body, default=str)
+                except (TypeError, ValueError):
+                    body = repr(request.body)
+                texts.append("\n".join([request.path, *request.headers.values(), body]))
+        return texts
+
+    def record(self) -> dict[str, Any]:
+        """What the platform saw: its runs, launches, cancels, the faults met, the requests."""
+        with self.lock:
+            now = self.now()
+            wall = time.time()
+            self.refresh(now)
+            texts = self._launch_texts()
+            words = {raw: word for word, raw in list(self.script_words.items())[::-1] if raw}
+            runs = []
+            for run in list(self.runs.values()):
+                raw, done = self.run_view(run, now)
+                key = self.run_key(run)
+                started = run.started if math.isfinite(run.started) else now
+                runs.append(
+                    {
+                        "id": run.id,
+                        "key": key,
+                        "state": raw,
+                        "word": words.get(raw),
+                        "finished": done,
+                        "cancelled": run.cancelled is not None,
+                        "started": wall - (now - started),
+                        "launch_requests": (
+                            1 if key is None or texts is None else sum(key in t for t in texts)
+                        ),
+                    }
+                )
+            return {
+                "platform": self.platform,
+                "runs": runs,
+                "launches": len(self.launches),
+                "cancels": len(self.cancels),
+                "user_cancels": list(self.user_cancels),
+                "faults_met": [
+                    {
+                        "fault": _control.fault_json(met.fault),
+                        "label": met.fault.label,
+                        "method": met.request.method,
+                        "path": met.request.path,
+                        "answered": met.answered,
+                    }
+                    for met in self.injected
+                ],
+                "faults_pending": [_control.fault_json(f) for f in self.faults],
+                "scripts_queued": len(self._scripts),
+                "requests": len(self.requests),
+            }
+
+    def close(self) -> None:
+        """Stop background work (timers, deliveries); subclasses that have some override it."""
+
+    def reset(self) -> None:
+        """Forget runs, scripts, faults and requests: back to the state the emulator was made
+        in (its constructor's arguments, the default script included), same URL and app."""
+        with self.lock:
+            self.close()
+            args, kwargs = self._init_args
+            base_url, app = self.base_url, self._app
+            self.__init__(*args, **kwargs)  # type: ignore[misc]
+            self.base_url, self._app = base_url, app
+
+    async def _control(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
+        """Answer a request under the control API's prefix (never recorded, never faulted)."""
+        method, path = scope["method"], scope["path"][len(_control.PREFIX) :].strip("/")
+        status: int
+        answer: dict[str, Any]
+        try:
+            parsed: Any = None
+            if method == "POST" and body.strip():
+                parsed = _control.load_json(body)
+            status, answer = self._control_action(method, path, parsed)
+        except _control.ControlError as exc:
+            status, answer = 400, {"detail": str(exc), "field": exc.field}
+        await JSONResponse(answer, status)(scope, receive, send)
+
+    def _control_action(self, method: str, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+        if path == "record" and method == "GET":
+            return 200, self.record()
+        if path == "scripts" and method == "POST":
+            scripts, default = _control.parse_scripts(self, body)
+            with self.lock:
+                self._scripts.extend(scripts)
+                if default is not None:
+                    self._default = default
+                return 200, {"queued": len(self._scripts), "default_set": default is not None}
+        if path == "faults" and method == "POST":
+            faults, clear = _control.parse_faults(self, body)
+            with self.lock:
+                if clear:
+                    self.faults.clear()
+                self.faults.extend(faults)
+                return 200, {"pending": len(self.faults)}
+        if path == "reset" and method == "POST":
+            self.reset()
+            return 200, {"reset": True}
+        parts = path.split("/")
+        if len(parts) >= 3 and parts[0] == "runs" and parts[-1] == "cancel" and method == "POST":
+            run_id = "/".join(parts[1:-1])  # W&B run ids are entity/project/name
+            problem = self.cancel_as_user(run_id)
+            if problem is None:
+                return 200, {"cancelled": run_id}
+            return (404 if problem.startswith("no run") else 409), {"detail": problem}
+        known = "GET record, POST scripts, POST faults, POST reset, POST runs/{id}/cancel"
+        return 404, {"detail": f"no control route {method} {_control.PREFIX}{path}; {known}"}
 
     # -- the ASGI app ------------------------------------------------------------------------
     def routes(self) -> list[BaseRoute]:
@@ -406,6 +626,9 @@ class Emulator:
             message = await receive()
             body += message.get("body", b"")
             more = message.get("more_body", False)
+        if path.startswith(_control.PREFIX):
+            await self._control(scope, receive, send, body)
+            return
         try:
             parsed: Any = json.loads(body) if body else None
         except ValueError:

@@ -54,6 +54,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
+from ._control import route
 from ._emulator import EmulatedRun, Emulator, Script
 from ._emulator import Scope as MutableScope
 
@@ -135,9 +136,18 @@ _ALIASES = {
 }
 
 
+ERROR_KINDS = frozenset({"KIND_USER", "KIND_SYSTEM"})
+"""The ``errorInfo.kind`` values a script's ``error_type`` may give (else ``KIND_USER``)."""
+UNKNOWN_PHASE = "ACTION_PHASE_RUNBRIDGE_UNKNOWN"
+"""Not an ActionPhase: what the control API's ``unknown`` script word becomes (the JSON codec
+only; the proto codec cannot encode it)."""
+
+
 def phase_name(value: str) -> str:
     """``"queued"`` or ``"ACTION_PHASE_QUEUED"`` -> ``"ACTION_PHASE_QUEUED"``; the generic
     :class:`Script` words ``success``, ``error``, ``cancelled`` and ``timeout`` are accepted too."""
+    if value == UNKNOWN_PHASE:
+        return value
     short = _ALIASES.get(value, value.upper())
     name = value if value.startswith("ACTION_PHASE_") else f"ACTION_PHASE_{short}"
     if name not in PHASES:
@@ -317,6 +327,23 @@ class FlyteEmulator(Emulator):
         ],
         final="ACTION_PHASE_SUCCEEDED",
     )
+    # the control API's script words and fault targets (Script.error_type: errorInfo.kind)
+    script_words: ClassVar[Mapping[str, str | None]] = {
+        "queued": "ACTION_PHASE_QUEUED",
+        "running": "ACTION_PHASE_RUNNING",
+        "success": "ACTION_PHASE_SUCCEEDED",
+        "failed": "ACTION_PHASE_FAILED",
+        "cancelled": "ACTION_PHASE_ABORTED",
+        "unknown": UNKNOWN_PHASE,
+    }
+    raw_states: ClassVar[frozenset[str]] = frozenset(PHASES)
+    fault_targets: ClassVar[Mapping[str, Any]] = {
+        "launch": route("POST", r"^/flyteidl2\.workflow\.RunService/CreateRun$"),
+        "status": route(
+            "POST", r"^/flyteidl2\.workflow\.RunService/(Get|Watch)(Run|Action)Details$"
+        ),
+        "cancel": route("POST", r"^/flyteidl2\.workflow\.RunService/AbortRun$"),
+    }
 
     def __init__(
         self,
@@ -378,6 +405,15 @@ class FlyteEmulator(Emulator):
             self.runs[run.key] = run
         return run
 
+    def run_key(self, run: EmulatedRun) -> str | None:
+        return run.id
+
+    def user_cancel(self, run: EmulatedRun) -> str | None:
+        problem = super().user_cancel(run)
+        if problem is None and isinstance(run, FlyteRun):
+            run.abort_reason = "aborted by a user"
+        return problem
+
     # -- inspection ----------------------------------------------------------------------------
     def run(self, name: str, project: str = "flytesnacks", domain: str = "development") -> FlyteRun:
         with self.lock:
@@ -429,7 +465,8 @@ class FlyteEmulator(Emulator):
         if raw == "ACTION_PHASE_SUCCEEDED":
             attempt["outputs"] = {"outputUri": self._outputs_uri(run)}
         if raw in ("ACTION_PHASE_FAILED", "ACTION_PHASE_TIMED_OUT"):
-            error = {"message": run.script.message or "task failed", "kind": "KIND_USER"}
+            kind = run.script.error_type if run.script.error_type in ERROR_KINDS else "KIND_USER"
+            error = {"message": run.script.message or "task failed", "kind": kind}
             attempt["errorInfo"] = error
             if raw == "ACTION_PHASE_FAILED":
                 details["errorInfo"] = dict(error)

@@ -59,6 +59,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp as StarletteASGIApp
 from starlette.types import Receive, Scope, Send
 
+from ._control import route
 from ._emulator import EmulatedRun, Emulator, Script, json_error
 
 __all__ = [
@@ -410,6 +411,23 @@ class LangGraphEmulator(Emulator):
 
     platform = "langgraph"
     default_script: ClassVar[Script] = Script([("pending", 0.1), ("running", 0.5)], final="success")
+    # the control API's script words and fault targets
+    script_words: ClassVar[Mapping[str, str | None]] = {
+        "queued": "pending",
+        "running": "running",
+        "success": "success",
+        "failed": "error",
+        "cancelled": "interrupted",
+        "unknown": "paused",
+    }
+    raw_states: ClassVar[frozenset[str]] = frozenset(
+        {"pending", "running", "success", "error", "timeout", "interrupted"}
+    )
+    fault_targets: ClassVar[Mapping[str, Any]] = {
+        "launch": route("POST", r"^(/threads/[^/]+)?/runs$"),
+        "status": route("GET", r"^/threads/[^/]+/runs/[^/]+(/join)?$"),
+        "cancel": route("POST", r"^/threads/[^/]+/runs/[^/]+/cancel$"),
+    }
 
     def __init__(
         self,
@@ -456,6 +474,26 @@ class LangGraphEmulator(Emulator):
                 self._new_thread(thread_id, {}, self.now())
             run = self._create(body, thread_id, stateless=False, script=script, run_id=run_id)
         return run
+
+    # -- the control API's hooks -----------------------------------------------------------------
+    def run_view(self, run: EmulatedRun, now: float) -> tuple[str, bool]:
+        assert isinstance(run, LangGraphRun)
+        thread = self._thread(run.thread_id)
+        if thread is not None:
+            self._advance(thread, now)
+        return self._status(run, now), run.phase == "done"
+
+    def run_key(self, run: EmulatedRun) -> str | None:
+        return run.thread_id if isinstance(run, LangGraphRun) else None
+
+    def user_cancel(self, run: EmulatedRun) -> str | None:
+        assert isinstance(run, LangGraphRun)
+        thread = self._thread(run.thread_id)
+        raw, done = self.run_view(run, self.now())
+        if thread is None or done:
+            return f"run {run.id} already finished ({raw})"
+        self._cancel(thread, run, "interrupt", "cancelled by a user")
+        return None
 
     # -- inspection helpers --------------------------------------------------------------------
     def status(self, thread_id: str, run_id: str) -> str | None:

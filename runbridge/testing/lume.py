@@ -48,6 +48,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ..core.webhooks import sign
+from ._control import route
 from ._emulator import EmulatedRun, Emulator, Script, json_error
 
 __all__ = ["LumeEmulator", "WebhookDelivery", "ulid"]
@@ -104,6 +105,24 @@ class LumeEmulator(Emulator):
         [("CREATED", 0.2), ("SYNCING_SOURCE", 0.3), ("TRANSFORMING", 0.5), ("SYNCING_TARGET", 0.3)],
         final="SUCCEEDED",
     )
+    # the control API's script words and fault targets: Lume has no cancel (no "cancelled"
+    # state, no cancel request, no cancel_run); Script.error_type is the error's error_code
+    script_words = {
+        "queued": "CREATED",
+        "running": "TRANSFORMING",
+        "success": "SUCCEEDED",
+        "failed": "FAILED",
+        "cancelled": None,
+        "unknown": "PAUSED",
+    }
+    raw_states = frozenset(
+        {"CREATED", "SYNCING_SOURCE", "TRANSFORMING", "SYNCING_TARGET"}
+        | {"SUCCEEDED", "PARTIAL_FAILED", "FAILED", "CRASHED"}
+    )
+    fault_targets = {
+        "launch": route("POST", r"^/runs$"),
+        "status": route("GET", r"^/runs/[^/]+$"),
+    }
 
     def __init__(
         self,
@@ -199,7 +218,8 @@ class LumeEmulator(Emulator):
             meta["errors"] = [
                 {
                     "stage": stage,
-                    "error_code": "INTERNAL_ERROR" if crashed else "TRANSFORMATION_FAILED",
+                    "error_code": run.script.error_type
+                    or ("INTERNAL_ERROR" if crashed else "TRANSFORMATION_FAILED"),
                     "message": run.script.message
                     or ("the run terminated unexpectedly" if crashed else "the run failed"),
                 }

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from ._control import route
 from ._emulator import EmulatedRun, Emulator, Script, json_error
 
 __all__ = ["REST_CONFIG", "RestEmulator"]
@@ -60,6 +61,21 @@ class RestEmulator(Emulator):
     default_script = Script(
         [("queued", 0.2), ("running", 1.0)], final="succeeded", outputs={"rows": 42}
     )
+    # the control API's script words and fault targets (Script.error_type: no place for it)
+    script_words = {
+        "queued": "queued",
+        "running": "running",
+        "success": "succeeded",
+        "failed": "failed",
+        "cancelled": "cancelled",
+        "unknown": "paused",
+    }
+    raw_states = frozenset(REST_CONFIG["states"])
+    fault_targets = {
+        "launch": route("POST", r"^/api/v1/jobs/[^/]+/runs$"),
+        "status": route("GET", r"^/api/v1/runs/[^/]+$"),
+        "cancel": route("POST", r"^/api/v1/runs/[^/]+/cancel$"),
+    }
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -71,6 +87,9 @@ class RestEmulator(Emulator):
         if mono is None:
             return None
         return (self._wall0 + timedelta(seconds=mono - self._mono0)).isoformat()
+
+    def run_key(self, run: EmulatedRun) -> str | None:
+        return next((key for key, run_id in self._keys.items() if run_id == run.id), None)
 
     def check_auth(self, request: Request) -> JSONResponse | None:
         if self.token and request.headers.get("authorization") != f"Bearer {self.token}":

@@ -42,6 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from ._control import route
 from ._emulator import EmulatedRun, Emulator, Script
 
 __all__ = ["DEFAULT_FLOW", "ViEmulator"]
@@ -93,6 +94,29 @@ class ViEmulator(Emulator):
 
     platform = "vi"
     default_script = Script([("Pending", 0.2), ("Running", 1.0)], final="Succeeded")
+    # the control API's script words and fault targets (Script.outputs: a Vi run has none)
+    script_words = {
+        "queued": "Pending",
+        "running": "Running",
+        "success": "Succeeded",
+        "failed": "Failed",
+        "cancelled": "Cancelled",
+        "unknown": "Paused",
+    }
+    raw_states = (
+        TERMINAL
+        | {"Pending", "Running"}
+        | {
+            f"{condition}/{status}"
+            for condition in ("Started", "Finished")
+            for status in ("Waiting", "Reached", "FailedReach")
+        }
+    )
+    fault_targets = {
+        "launch": route("PUT", r"^/workspaces/[^/]+/runs/[^/]+$"),
+        "status": route("GET", r"^/workspaces/[^/]+/runs/[^/]+$"),
+        "cancel": route("PATCH", r"^/workspaces/[^/]+/runs/[^/]+$"),
+    }
 
     def __init__(
         self,
@@ -162,6 +186,26 @@ class ViEmulator(Emulator):
             kill_at is not None and kill_at <= now
         )
         return (entered[-1][0] if entered else ""), ended
+
+    # -- the control API's hooks ---------------------------------------------------------------
+    def run_view(self, run: EmulatedRun, now: float) -> tuple[str, bool]:
+        return self.state(run, now)
+
+    def run_key(self, run: EmulatedRun) -> str | None:
+        return run.id
+
+    def user_cancel(self, run: EmulatedRun) -> str | None:
+        """A kill from Vi's UI: ``killedAt`` now, ``Cancelled`` at once."""
+        now = self.now()
+        raw, ended = self.state(run, now)
+        if ended:
+            return f"run {run.id} already finished ({raw})"
+        run.data["killed_at"] = self.wall_ms(now)
+        run.data["kill_at"] = now
+        run.cancelled, run.cancelled_at = "Cancelled", now
+        run.data["generation"] += 1
+        run.data["modified_at"] = now
+        return None
 
     def document(self, run: EmulatedRun) -> dict[str, Any]:
         """The run's JSON, as ``GET /workspaces/{org}/runs/{id}`` answers it."""

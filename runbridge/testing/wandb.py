@@ -48,7 +48,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ._emulator import EmulatedRun, Emulator, Script
+from ._control import route
+from ._emulator import EmulatedRun, Emulator, RecordedRequest, Script
 
 __all__ = [
     "DEFAULT_ENTITY",
@@ -611,6 +612,19 @@ class RunQueue:
     items: dict[str, QueueItem] = dataclasses.field(default_factory=dict)
 
 
+def _graphql(pattern: str) -> Any:
+    """A fault target: ``POST /graphql`` requests whose document matches ``pattern``."""
+    compiled = re.compile(pattern)
+    post = route("POST", r"^/graphql$")
+
+    def matches(request: RecordedRequest) -> bool:
+        body = request.body
+        query = body.get("query") if isinstance(body, dict) else None
+        return post(request) and isinstance(query, str) and compiled.search(query) is not None
+
+    return matches
+
+
 class WandBEmulator(Emulator):
     """The W&B GraphQL API on loopback. See the module docs.
 
@@ -626,6 +640,25 @@ class WandBEmulator(Emulator):
         final="finished",
         outputs={"val_loss": 0.12, "accuracy": 0.93, "epoch": 10},
     )
+    # the control API's script words and fault targets. A W&B run has no error message: a
+    # failed or crashed run's Script.message is its summary's "error" (see _run_view).
+    script_words = {
+        "queued": "pending",
+        "running": "running",
+        "success": "finished",
+        "failed": "failed",
+        "cancelled": "killed",
+        "unknown": "paused",
+    }
+    raw_states = frozenset(
+        {"pending", "running", "preempting", "preempted", "finished", "failed", "crashed"}
+        | {"killed", "FAILED"}
+    )
+    fault_targets = {
+        "launch": _graphql(r"\bpushToRunQueue(ByName)?\b"),
+        "status": _graphql(r"^(?![\s\S]*\bmutation\b)[\s\S]*\b(run|runQueue)\s*\("),
+        "cancel": _graphql(r"\b(stopRun|deleteFromRunQueue)\b"),
+    }
 
     def __init__(
         self,
@@ -723,6 +756,32 @@ class WandBEmulator(Emulator):
     def run(self, entity: str, project: str, name: str) -> EmulatedRun | None:
         return self.runs.get(f"{entity}/{project}/{name}")
 
+    # -- the control API's hooks ---------------------------------------------------------------
+    def run_view(self, run: EmulatedRun, now: float) -> tuple[str, bool]:
+        state = self.run_state(run, now)
+        return state, state in ENDED or state == "preempted"
+
+    def refresh(self, now: float) -> None:
+        self._advance(now)
+
+    def run_key(self, run: EmulatedRun) -> str | None:
+        """The run id the launch chose (``run_id`` in the run spec), if it chose one."""
+        for queue in self.queues.values():
+            item = queue.items.get(str(run.data.get("queue_item")))
+            if item is not None and item.spec.get("run_id"):
+                return str(item.spec["run_id"])
+        return None
+
+    def user_cancel(self, run: EmulatedRun) -> str | None:
+        """Stop the run in the W&B UI: as ``stopRun``, not counted as runbridge's cancel."""
+        state = self.run_state(run)
+        if state in ENDED:
+            return f"run {run.id} already finished ({state})"
+        run.data["stopped"] = True
+        run.data.pop("state", None)
+        run.cancelled, run.cancelled_at = "killed", self.now()
+        return None
+
     # -- state ----------------------------------------------------------------------------------
     def run_state(self, run: EmulatedRun, now: float | None = None) -> str:
         now = self.now() if now is None else now
@@ -811,6 +870,8 @@ class WandBEmulator(Emulator):
             summary = data["summary"]
         else:
             summary = dict(run.script.outputs or {}) if state != "pending" else {}
+            if state in ("failed", "crashed") and run.cancelled is None and run.script.message:
+                summary["error"] = run.script.message
         end = run.finished_at(now) if "state" not in data else None
         heartbeat = min(now, end) if end is not None else now
         entity, project = data["entity"], data["project"]

@@ -8,6 +8,7 @@ called from another thread while ``execute`` waits, as the task runner's signal 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from types import SimpleNamespace
@@ -17,7 +18,10 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from runbridge.airflow_provider import LaunchRunOperator
-from runbridge.airflow_provider.operators import STATE_KEY
+from runbridge.airflow_provider.operators import STATE_KEY, Saved, generation
+from runbridge.airflow_provider.triggers import human_duration
+from runbridge.core.models import RunRef
+from runbridge.core.planner import LaunchRecord
 from runbridge.testing import Emulator, Script
 
 
@@ -29,6 +33,7 @@ class Store(dict):  # type: ignore[type-arg]
 class TaskInstance(SimpleNamespace):
     def xcom_push(self, key: str, value: Any) -> None:
         self.xcoms[key] = value
+        self.pushes.append(key)
 
 
 def context(store: Store, try_number: int, max_tries: int) -> dict[str, Any]:
@@ -41,6 +46,7 @@ def context(store: Store, try_number: int, max_tries: int) -> dict[str, Any]:
         max_tries=max_tries,
         start_date=None,
         xcoms={},
+        pushes=[],
     )
     return {"ti": ti, "task_state_store": store}
 
@@ -65,13 +71,46 @@ def test_a_retry_reattaches_a_clear_launches_anew(rest: Emulator) -> None:
     assert cleared["ref"] != first["ref"] and len(rest.launches) == 2
     keys = [r.headers.get("idempotency-key") for r in rest.requests_to("POST", "/jobs/")]
     assert keys == ["d/launch/r1/-1", "d/launch/r1/-1#1"]
-    # the records say which generation saved them (no "starting" record: the rest platform
-    # cannot look a launch up by key, its idempotency header answers a repeated launch)
-    assert [(r["generation"], r["action"]) for r in store[STATE_KEY]] == [
-        (1, "launched"),
-        (1, "reattached"),
-        (3, "launched"),
+    # the records say which generation saved them, and the max_tries it saw (no "starting"
+    # record: the rest platform cannot look a launch up by key, its idempotency header
+    # answers a repeated launch)
+    assert [(r["generation"], r["max_tries"], r["action"]) for r in store[STATE_KEY]] == [
+        (1, 1, "launched"),
+        (1, 1, "reattached"),
+        (2, 3, "launched"),
     ]
+    # a retry after the clear stays in generation 2 and re-attaches to its run
+    after = operator().execute(context(store, try_number=4, max_tries=3))
+    assert after["ref"] == cleared["ref"] and len(rest.launches) == 2
+
+
+def test_editing_retries_between_tries_is_not_a_clear(rest: Emulator) -> None:
+    """Only a clear writes max_tries: lowering ``retries`` in the DAG between two tries (the
+    old reckoning, max_tries - retries + 1, took that for a clear) re-attaches."""
+    store = Store()
+    first = operator(retries=2).execute(context(store, try_number=1, max_tries=2))
+    again = operator(retries=0).execute(context(store, try_number=2, max_tries=2))
+    assert again["ref"] == first["ref"] and len(rest.launches) == 1
+
+
+@pytest.mark.parametrize(
+    ("saved", "max_tries", "retries", "expected"),
+    [
+        ([], 5, 1, 1),  # no records: the first generation, whatever max_tries says
+        ([(1, 1)], 1, 1, 1),  # a retry: max_tries unchanged
+        ([(1, 1)], 1, 7, 1),  # retries edited in the DAG: still a retry
+        ([(1, 1)], 3, 1, 2),  # a clear raised max_tries
+        ([(1, 1), (2, 3)], 3, 0, 2),
+        ([(2, 3)], 6, 1, 3),  # cleared again
+        ([(1, None)], 1, 1, 1),  # a record saved before max_tries was kept: the old reckoning
+        ([(1, None)], 3, 1, 3),
+    ],
+)
+def test_generation_counts_changes_of_max_tries(
+    saved: list[tuple[int, int | None]], max_tries: int, retries: int, expected: int
+) -> None:
+    records = [Saved(g, m, LaunchRecord("k", RunRef("rest", "x"), "launched")) for g, m in saved]
+    assert generation(records, max_tries, retries) == expected
 
 
 def test_a_failed_run_fails_for_good_unless_relaunch(rest: Emulator) -> None:
@@ -114,6 +153,7 @@ def test_on_kill_cancels_and_the_next_try_launches_anew(rest: Emulator) -> None:
         "ref": f"rest:{run_id}",
         "action": "cancelled",
         "generation": 1,
+        "max_tries": 1,
     }
     assert errors and "CANCELLED" in str(errors[0])
     result = operator().execute(context(store, 2, 1))
@@ -203,3 +243,64 @@ def test_bad_arguments_fail_at_parse_time() -> None:
         operator(success=["RUNNING"])
     with pytest.raises(ValueError, match="wait_timeout"):
         operator(wait_timeout=-1)
+
+
+def deferred_then_resumed(
+    rest: Emulator, store: Store, **kwargs: Any
+) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """One deferrable try: execute until it defers, run its trigger to its event, resume a
+    new operator object (as Airflow does, in a new process) with the event."""
+    from airflow.sdk.exceptions import TaskDeferred
+
+    ctx = context(store, 1, 1)
+    with pytest.raises(TaskDeferred) as deferred:
+        operator(deferrable=True, **kwargs).execute(ctx)
+
+    async def first_event() -> dict[str, Any]:
+        async for event in deferred.value.trigger.run():
+            return dict(event.payload)
+        raise AssertionError("no event")
+
+    event = asyncio.run(first_event())
+    return ctx, deferred.value, event
+
+
+def test_run_url_is_pushed_once_across_a_deferral(rest: Emulator) -> None:
+    """Issue 14 item 8: the resumed task pushed run_url again."""
+    rest.script(Script([("running", 0.3)], final="succeeded"))
+    ctx, deferred, event = deferred_then_resumed(rest, Store())
+    result = operator(deferrable=True).execute_complete(ctx, event=event, **(deferred.kwargs or {}))
+    assert result["state"] == "SUCCEEDED"
+    assert ctx["ti"].pushes.count("run_url") == 1 and ctx["ti"].xcoms["run_url"]
+
+
+def test_wait_timeout_counts_from_the_waits_start_in_a_human_duration(rest: Emulator) -> None:
+    """Issue 14 item 8: the deferred message said '13.2156s', counted from the trigger's start."""
+    rest.script(Script([("running", 60.0)], final="succeeded"))
+    ctx, deferred, event = deferred_then_resumed(rest, Store(), wait_timeout=2)
+    assert event["kind"] == "wait_timeout"
+    with pytest.raises(AirflowException) as deferred_failure:
+        operator(deferrable=True).execute_complete(ctx, event=event, **(deferred.kwargs or {}))
+    with pytest.raises(AirflowException) as worker_failure:
+        operator(wait_timeout=2).execute(context(Store(), 1, 1))
+    for failure in (deferred_failure, worker_failure):
+        text = str(failure.value)
+        assert "still RUNNING when the wait ran out (wait_timeout 2 s)" in text, text
+        assert "the run keeps going" in text
+    assert rest.cancels == []
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.25, "0.2 s"),
+        (2, "2 s"),
+        (13.2156, "13 s"),
+        (60, "1 min"),
+        (125, "2 min 5 s"),
+        (3600, "1 h"),
+        (5400, "1 h 30 min"),
+    ],
+)
+def test_human_duration(seconds: float, text: str) -> None:
+    assert human_duration(seconds) == text

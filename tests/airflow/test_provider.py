@@ -61,12 +61,26 @@ def test_the_providers_manager_discovers_runbridge() -> None:
 def test_the_ui_connection_form_metadata() -> None:
     from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
 
-    (meta,) = [m for m in HookMetaService.hook_meta_data() if m.connection_type == "runbridge"]
+    metas = HookMetaService.hook_meta_data()
+    (meta,) = [m for m in metas if m.connection_type == "runbridge"]
     assert meta.hook_name == "Runbridge"
-    assert meta.standard_fields is not None
-    assert meta.standard_fields.host.title == "Base URL"
-    assert meta.standard_fields.password.title == "Token"
-    assert meta.standard_fields.port.hidden and meta.standard_fields.login.hidden
+    # Issue 14: hook_meta shows default_conn_name null. Airflow 3.3.2 builds every entry of the
+    # declarative (provider-info) path with default_conn_name=None (HookMetaService.hook_meta_data,
+    # api_fastapi/core_api/services/ui/connections.py:290), whatever the hook declares, and the
+    # provider-info schema has no key for it: nothing a provider can set. This fails, and tells
+    # us to look again, once Airflow fills it in.
+    from runbridge.airflow_provider.hooks import RunbridgeHook
+
+    assert RunbridgeHook.default_conn_name == "runbridge_default"
+    assert all(m.default_conn_name is None for m in metas), [
+        (m.connection_type, m.default_conn_name) for m in metas
+    ]
+    fields = meta.standard_fields
+    assert fields is not None
+    assert fields.host is not None and fields.host.title == "Base URL"
+    assert fields.password is not None and fields.password.title == "Token"
+    assert fields.port is not None and fields.port.hidden
+    assert fields.login is not None and fields.login.hidden
     assert meta.extra_fields is not None
     assert set(meta.extra_fields) == {
         "platform",
@@ -74,9 +88,14 @@ def test_the_ui_connection_form_metadata() -> None:
         "request_timeout",
         "retry",
         "poll",
+        "poll_max_interval",
         "error_window",
         "max_body",
     }
+    # issue 14: the poll cap is a visible field of the form, a number (not masked)
+    cap = meta.extra_fields["poll_max_interval"]
+    assert cap["schema"]["type"] == ["number", "null"] and "format" not in cap["schema"]
+    assert "10 s" in cap["description"]
 
 
 def test_airflow_providers_get_shows_runbridge() -> None:
@@ -228,6 +247,36 @@ def test_a_connection_uri_gives_settings_as_text(monkeypatch: pytest.MonkeyPatch
     assert config.poll == PollSchedule.fixed(3) and config.retry == RetryPolicy(attempts=4)
 
 
+def test_the_poll_cap_is_a_connection_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``poll_max_interval`` (a form field, also in a URI as text) is core's ``poll.cap``; the
+    default is core's (10 s); with a fixed ``poll`` it is refused as contradictory."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RB_CAP",
+        "runbridge://:tok@api.example.com/?platform=rest&poll_max_interval=45&options="
+        + quote(json.dumps(REST_CONFIG)),
+    )
+    assert settings("rb_cap").poll == PollSchedule(cap=45.0)
+    form = {"platform": "rest", "options": REST_CONFIG, "extra__runbridge__poll_max_interval": 3}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RB_FORM",
+        json.dumps({"conn_type": "runbridge", "host": "https://x.example", "extra": form}),
+    )
+    assert settings("rb_form").poll == PollSchedule(cap=3.0, first=1.0)
+    plain = {"platform": "rest", "options": REST_CONFIG}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RB_PLAIN",
+        json.dumps({"conn_type": "runbridge", "host": "https://x.example", "extra": plain}),
+    )
+    assert settings("rb_plain").poll.cap == 10.0
+    both = {**plain, "poll": 5, "poll_max_interval": 30}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RB_BOTH",
+        json.dumps({"conn_type": "runbridge", "host": "https://x.example", "extra": both}),
+    )
+    with pytest.raises(ConfigError, match="connection 'rb_both': poll is a fixed interval"):
+        settings("rb_both")
+
+
 def test_a_bad_connection_never_shows_its_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(
         "AIRFLOW_CONN_RB_LEAK",
@@ -251,9 +300,20 @@ def test_test_connection(
     from runbridge.airflow_provider import RunbridgeHook
 
     ok, message = RunbridgeHook("rb_rest").test_connection()
-    assert ok and "Connected to rest" in message
+    # a generic REST API proves nothing more than "not found" for a run that does not exist
+    assert ok and message.startswith("Reached rest") and "would answer the same" in message
     ok, message = RunbridgeHook("rb_langgraph").test_connection()
-    assert ok and "Connected to langgraph" in message
+    assert ok and message.startswith("Connected to langgraph") and "/info" in message
+    # the right host, a wrong base path: every request 404s (it said "Connected" before)
+    lg = json.loads(os.environ["AIRFLOW_CONN_RB_LANGGRAPH"])
+    monkeypatch.setenv("AIRFLOW_CONN_RB_PATHLESS", json.dumps(lg | {"host": lg["host"] + "/v2"}))
+    ok, message = RunbridgeHook("rb_pathless").test_connection()
+    assert not ok and "(wrong base URL?)" in message and TOKEN not in message
+    # the LangGraph platform pointed at the REST API: not the platform's API
+    wrong_api = lg | {"host": json.loads(os.environ["AIRFLOW_CONN_RB_REST"])["host"]}
+    monkeypatch.setenv("AIRFLOW_CONN_RB_WRONG_API", json.dumps(wrong_api))
+    ok, message = RunbridgeHook("rb_wrong_api").test_connection()
+    assert not ok and "(wrong base URL?)" in message
     wrong = json.loads(os.environ["AIRFLOW_CONN_RB_REST"]) | {"password": "wrong-token"}
     monkeypatch.setenv("AIRFLOW_CONN_RB_WRONG", json.dumps(wrong))
     ok, message = RunbridgeHook("rb_wrong").test_connection()

@@ -14,7 +14,7 @@ from runbridge.core import shared
 from runbridge.core.client import AsyncRunClient, RunClient
 from runbridge.core.config import ClientConfig, check_base_url
 from runbridge.core.errors import ConfigError
-from runbridge.core.schedule import PollSchedule, RetryPolicy
+from runbridge.core.schedule import DEFAULT_POLL_CAP, PollSchedule, RetryPolicy
 from runbridge.core.shared import shared_async_client
 from runbridge.testing.rest import REST_CONFIG
 
@@ -106,6 +106,10 @@ def test_the_fingerprint_tells_configurations_apart() -> None:
         ({"poll": "fast"}, "poll"),
         ({"max_body": 10}, "max_body"),
         ({"max_body": True}, "max_body"),
+        ({"error_window": float("inf")}, "error_window must be a number"),
+        ({"request_timeout": float("inf")}, "request_timeout must be a number"),
+        ({"poll": {"cap": float("nan")}}, "poll cap"),
+        ({"retry": {"total": float("inf")}}, "retry total"),
     ],
 )
 def test_bad_settings_name_the_field(changes: dict[str, Any], message: str) -> None:
@@ -135,6 +139,34 @@ def test_from_mapping_reads_the_stored_json_form() -> None:
         ClientConfig.from_mapping({**made.to_mapping(), "timeout": 3})
     with pytest.raises(ConfigError, match="needs base_url"):
         ClientConfig.from_mapping({"platform": "rest"})
+
+
+def test_poll_max_interval_is_the_poll_schedules_cap() -> None:
+    """The flat setting every wrapper shows (the Airflow connection's field, the Prefect block's
+    and Dagster resource's) lands in one place: ``ClientConfig.poll.cap``."""
+    base = {"platform": "rest", "base_url": "https://api.example.com", "options": REST_CONFIG}
+    default = ClientConfig.from_mapping(base)
+    assert default.poll == PollSchedule() and default.poll.cap == DEFAULT_POLL_CAP == 10.0
+    capped = ClientConfig.from_mapping({**base, "poll_max_interval": 4})
+    assert capped.poll == PollSchedule(cap=4.0)
+    both = ClientConfig.from_mapping(
+        {**base, "poll": {"first": 2, "factor": 2}, "poll_max_interval": 60}
+    )
+    assert both.poll == PollSchedule(first=2.0, factor=2.0, cap=60.0)
+    low = ClientConfig.from_mapping({**base, "poll": {"first": 5}, "poll_max_interval": 2})
+    assert (low.poll.first, low.poll.cap) == (2.0, 2.0)  # the first pause is never over the cap
+    assert ClientConfig.from_mapping({**base, "poll_max_interval": None}) == default
+    # it round-trips through the stored form as poll.cap
+    assert ClientConfig.from_mapping({**capped.to_mapping(), "token": None}) == capped
+    for bad, message in [
+        ("soon", "poll_max_interval must be a number"),
+        (float("inf"), "poll_max_interval must be a number"),
+        (0, "poll_max_interval must be a positive"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            ClientConfig.from_mapping({**base, "poll_max_interval": bad})
+    with pytest.raises(ConfigError, match="poll is a fixed interval"):
+        ClientConfig.from_mapping({**base, "poll": 5, "poll_max_interval": 30})
 
 
 def test_config_makes_clients_with_its_settings() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
@@ -34,10 +35,12 @@ MID = const(0.5)  # rand() == 0.5 is "no jitter": delay * (1 - j + 2 * j * 0.5) 
         (PollSchedule(first=1.0, factor=2.0, cap=30.0, jitter=0.0), 10**6, 30.0),
         # factor 1: constant
         (PollSchedule(first=3.0, factor=1.0, cap=30.0, jitter=0.0), 7, 3.0),
-        # the defaults are visible: 1 s, x1.5, 30 s cap
+        # the defaults are visible: 1 s, x1.5, 10 s cap (30 s before round 3)
         (PollSchedule(jitter=0.0), 0, 1.0),
         (PollSchedule(jitter=0.0), 1, 1.5),
-        (PollSchedule(jitter=0.0), 100, 30.0),
+        (PollSchedule(jitter=0.0), 5, 7.59375),
+        (PollSchedule(jitter=0.0), 6, 10.0),
+        (PollSchedule(jitter=0.0), 100, 10.0),
     ],
 )
 def test_poll_delay_without_jitter(schedule: PollSchedule, n: int, expected: float) -> None:
@@ -75,7 +78,10 @@ def test_poll_fixed() -> None:
 
 
 def test_poll_accepts_timedelta() -> None:
-    schedule = PollSchedule(first=timedelta(milliseconds=500), cap=timedelta(minutes=1))
+    schedule = PollSchedule(
+        first=timedelta(milliseconds=500),  # type: ignore[arg-type]
+        cap=timedelta(minutes=1),  # type: ignore[arg-type]
+    )
     assert (schedule.first, schedule.cap) == (0.5, 60.0)
 
 
@@ -90,6 +96,13 @@ def test_poll_accepts_timedelta() -> None:
         ({"factor": 0.9}, "poll factor"),
         ({"jitter": -0.1}, "poll jitter"),
         ({"jitter": 1.0}, "poll jitter"),
+        # NaN and infinities are no durations, anywhere (the one rule: schedule.seconds)
+        ({"first": float("nan")}, "poll first"),
+        ({"cap": float("inf")}, "poll cap"),
+        ({"cap": float("nan")}, "poll cap"),
+        ({"factor": float("inf")}, "poll factor"),
+        ({"factor": float("nan")}, "poll factor"),
+        ({"jitter": float("nan")}, "poll jitter"),
     ],
 )
 def test_poll_validation(kwargs: dict, field: str) -> None:
@@ -154,7 +167,7 @@ def test_retry_jitter_bounds(rand: float, expected: float) -> None:
     policy = RetryPolicy(first=1.0, factor=2.0, cap=10.0, jitter=0.25)
     delay = policy.next_delay(2, 0.0, rand=const(rand))
     assert delay == pytest.approx(expected)
-    assert 1.5 <= delay < 2.5
+    assert delay is not None and 1.5 <= delay < 2.5
 
 
 def test_retry_after_is_not_jittered() -> None:
@@ -225,3 +238,64 @@ def test_parse_retry_after_never_reads_a_clock() -> None:
     # without `now` a date cannot be resolved (no wall clock here); seconds still can
     assert parse_retry_after("Fri, 01 Jan 2100 00:00:00 GMT", None) is None
     assert parse_retry_after("7", None) == 7.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"total": float("inf")}, "retry total"),
+        ({"total": float("nan")}, "retry total"),
+        ({"first": float("-inf")}, "retry first"),
+        ({"cap": float("nan")}, "retry cap"),
+        ({"max_retry_after": float("inf")}, "retry max_retry_after"),
+        ({"factor": float("inf")}, "retry factor"),
+        ({"attempts": True}, "retry attempts"),
+    ],
+)
+def test_retry_rejects_nan_infinities_and_bools(kwargs: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        RetryPolicy(**kwargs)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), "5", True, [1], -1.0])
+def test_one_seconds_rule_for_core_and_config(value: object) -> None:
+    """``config.seconds`` is ``schedule.seconds``: one rule, one message naming the field."""
+    from runbridge.core import config, schedule
+
+    assert config.seconds is schedule.seconds
+    with pytest.raises(ConfigError, match=r"^wait_timeout must be a (non-negative )?number"):
+        schedule.seconds(value, "wait_timeout")
+
+
+def test_seconds_reads_numbers_and_timedeltas() -> None:
+    from runbridge.core.schedule import seconds
+
+    assert seconds(None, "x") is None
+    assert seconds(3, "x") == 3.0 and isinstance(seconds(3, "x"), float)
+    assert seconds(timedelta(minutes=2), "x") == 120.0
+    assert seconds(0, "x") == 0.0
+    with pytest.raises(ConfigError, match="x must be a positive number"):
+        seconds(0, "x", positive=True)
+
+
+def test_the_default_cap_detects_an_ended_run_within_a_cap() -> None:
+    """What the Round 3 default promises (docs/design-notes.md): once a wait is at its cap, a
+    run that ends is seen within one cap (plus jitter), on average about half a cap later; the
+    schedule reaches the cap after seven checks (about 25 s)."""
+    from runbridge.core.schedule import DEFAULT_POLL_CAP
+
+    schedule = PollSchedule()
+    assert DEFAULT_POLL_CAP == schedule.cap == 10.0
+    rng = random.Random(7)
+    delays = []
+    for _ in range(2000):
+        ends = rng.uniform(60.0, 600.0)
+        now, n = 0.0, 0
+        while now < ends:
+            now += schedule.delay(n, rng.random)
+            n += 1
+        delays.append(now - ends)
+    assert max(delays) <= schedule.cap * (1 + schedule.jitter)
+    assert 4.0 <= sum(delays) / len(delays) <= 6.0
+    reached = sum(schedule.delay(n, const(0.5)) for n in range(6))
+    assert schedule.delay(6, const(0.5)) == schedule.cap and 20.0 <= reached <= 26.0

@@ -37,3 +37,14 @@ def task_runs(flow_run_id: UUID) -> list[Any]:
         return client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
+
+
+def task_key(task_run: Any, credentials: Any, params: dict[str, Any], n: int = 0) -> str:
+    """The launch key runbridge derives for ``task_run``'s n-th launch of ``params``."""
+    from runbridge.prefect_blocks import _runtime
+
+    identity = _runtime.RunIdentity(
+        task_run.flow_run_id, task_run.id, 1, task_run.name, task_key=task_run.task_key
+    )
+    launch = _runtime.launch_fingerprint(credentials.platform, credentials.base_url, params)
+    return f"{_runtime.base_key(identity, launch)}-{n}"

@@ -20,6 +20,7 @@ from runbridge.testing import Script
 
 from . import flows
 from .conftest import swap_emulator
+from .helpers import flow_run_logs, task_runs
 
 LONG = Script([("running", 120.0)], final="succeeded")
 
@@ -80,6 +81,16 @@ def test_cancelling_the_flow_run_cancels_the_external_runs(rest_emu, rest_creden
                 30,
                 "the flow run to be Cancelled",
             )
+        # the task submitted to the thread pool reads as cancelled, not failed or crashed
+        # with a CancelledError traceback (issue 14, defect 8)
+        states = sorted(run.state.name for run in task_runs(flow_runs[0].id))
+        # the one in the flow's main thread gets Prefect's TerminationSignal: Crashed
+        assert states == ["Cancelled", "Crashed"], states
+        logs = flow_run_logs(flow_runs[0].id)
+        assert not any("Traceback" in line for line in logs), logs
+        assert any(
+            line.startswith("The flow run was cancelled: cancelled rest run") for line in logs
+        )
 
 
 def test_a_task_timeout_cancels_the_run_async(rest_emu, rest_credentials):

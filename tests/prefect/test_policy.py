@@ -31,7 +31,7 @@ from runbridge.testing import Script
 from runbridge.testing.rest import REST_CONFIG
 
 from .conftest import FAST, TOKEN, swap_emulator
-from .helpers import flow_run_artifacts, flow_run_logs, task_runs
+from .helpers import flow_run_artifacts, flow_run_logs, task_key, task_runs
 
 FAILING = Script([("queued", 0.05), ("running", 0.2)], final="failed", message="out of memory")
 LONG = Script([("running", 120.0)], final="succeeded")
@@ -49,10 +49,13 @@ def launch_keys(emu: Any) -> list[str]:
     return [r.headers.get("idempotency-key", "") for r in emu.requests_to("POST", "/jobs/")]
 
 
-def records_of(state: Any) -> tuple[str, list[LaunchRecord]]:
-    """The task's key (its only task run) and the launch records it keeps."""
+def records_of(
+    state: Any, conn: RunbridgeCredentials, params: dict[str, Any] | None = None
+) -> tuple[str, list[LaunchRecord]]:
+    """The task's key (its only task run launching ``params``) and the launch records it
+    keeps."""
     (task_run,) = task_runs(state.state_details.flow_run_id)
-    key = f"prefect-{task_run.flow_run_id}-{task_run.id}-0"
+    key = task_key(task_run, conn, params or {"job": "nightly"})
     # read back from Prefect's result store, not from this process's memory
     _runtime._memory.pop(key, None)
     return key, asyncio.run(_runtime.read_records(key))
@@ -101,7 +104,7 @@ def test_a_retry_reattaches_although_its_first_status_read_fails(relay):
     status = state.result()
     assert status.state is RunState.SUCCEEDED
     assert len(emu.launches) == 1  # re-attached, not relaunched, and the retry did not fail
-    key, records = records_of(state)
+    key, records = records_of(state, conn)
     assert records[0] == LaunchRecord(key, status.ref, "launched")
     assert records[1:] and all(
         r == LaunchRecord(key, status.ref, "reattached") for r in records[1:]
@@ -124,7 +127,7 @@ def test_relaunch_failed_launches_the_replacement_with_key_1(relay):
     state = nightly(return_state=True)
     status = state.result()
     assert status.state is RunState.SUCCEEDED
-    key, records = records_of(state)
+    key, records = records_of(state, conn)
     assert launch_keys(emu) == [key, f"{key}#1"]
     first = records[0].ref
     assert records == [
@@ -165,7 +168,7 @@ def test_a_run_cancelled_by_a_task_timeout_is_replaced_on_retry(relay, mode):
 
     status = state.result()
     assert status.state is RunState.SUCCEEDED
-    key, records = records_of(state)
+    key, records = records_of(state, conn)
     first = records[0].ref
     assert emu.cancels == [first.id]  # the killed attempt cancelled its run...
     assert records == [
@@ -189,7 +192,7 @@ def test_a_run_cancelled_for_run_timeout_is_replaced_on_retry(relay):
     state = nightly(return_state=True)
     status = state.result()
     assert status.state is RunState.SUCCEEDED and not status.cancelled_by_runbridge
-    key, records = records_of(state)
+    key, records = records_of(state, conn)
     first = records[0].ref
     assert emu.cancels == [first.id]
     assert [r.action for r in records] == ["launched", "cancelled", "launched"]
@@ -210,7 +213,7 @@ def test_without_a_cancelled_record_a_retry_reattaches_to_a_run_that_was_not_can
     state = nightly(return_state=True)
     assert state.result().state is RunState.SUCCEEDED
     assert emu.cancels == [] and len(emu.launches) == 1
-    _, records = records_of(state)
+    _, records = records_of(state, conn)
     assert [r.action for r in records][:2] == ["launched", "reattached"]
 
 

@@ -21,7 +21,7 @@ from runbridge.testing import Script
 from runbridge.testing.rest import REST_CONFIG
 
 from .conftest import TOKEN
-from .helpers import flow_run_artifacts, flow_run_logs, task_runs
+from .helpers import flow_run_artifacts, flow_run_logs, task_key, task_runs
 
 FAILING = Script([("queued", 0.05), ("running", 0.2)], final="failed", message="out of memory")
 
@@ -174,7 +174,7 @@ def test_a_retry_after_a_failed_wait_reattaches(rest_emu):
     assert sum("Re-attached to rest run" in line for line in logs) == task_run.run_count - 1
 
     # the records also went to Prefect's result storage: found without this process's memory
-    key = f"prefect-{task_run.flow_run_id}-{task_run.id}-0"
+    key = task_key(task_run, credentials, {"job": "nightly"})
     in_memory = _runtime._memory.pop(key)
     records = asyncio.run(_runtime.read_records(key))
     assert [r.to_dict() for r in records] == in_memory

@@ -351,10 +351,6 @@ class Flyte(Provider):
     supports_find = True
     auto_key = True
 
-    base_url: str | None = None
-    """The client's base URL, for run URLs, once the core hands it to providers (a proposed core
-    change, see docs/platforms/flyte.md); until then pass ``console_url``."""
-
     def __init__(
         self,
         *,

@@ -67,11 +67,20 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
+STUDIO_THREAD_URL = "https://smith.langchain.com/studio/thread/{thread_id}?baseUrl={base_url}"
+"""The default run page: the run's thread in LangSmith Studio, which the browser connects to the
+deployment at ``baseUrl`` (the form LangChain's own agent-inbox builds, and ``langgraph dev``
+prints as ``https://smith.langchain.com/studio/?baseUrl=...``; see docs/platforms/langgraph.md).
+A LangSmith deployment page needs the organization and deployment ids, which the API URL does
+not give."""
+
+
 class LangGraph(Provider):
     """LangGraph Agent Server. Options: ``assistant_id`` (default for launches, a graph name or
-    assistant UUID), ``run_url`` (a template with ``{thread_id}``/``{run_id}`` for the run's page,
-    e.g. in LangSmith Studio), ``read_thread`` (read the thread for a terminal run's values or
-    error; default True)."""
+    assistant UUID), ``run_url`` (a template with ``{thread_id}``, ``{run_id}``,
+    ``{assistant_id}`` and ``{base_url}`` (the client's base URL, URL-quoted) for the run's page;
+    default :data:`STUDIO_THREAD_URL`, the run's thread in LangSmith Studio; ``""``: no URL),
+    ``read_thread`` (read the thread for a terminal run's values or error; default True)."""
 
     name = "langgraph"
     states = STATES
@@ -90,14 +99,14 @@ class LangGraph(Provider):
             raise ConfigError("langgraph: assistant_id must be a non-empty string")
         if run_url is not None:
             try:
-                run_url.format(thread_id="t", run_id="r", assistant_id="a")
-            except (KeyError, IndexError, ValueError) as exc:
+                run_url.format(thread_id="t", run_id="r", assistant_id="a", base_url="b")
+            except (KeyError, IndexError, ValueError, AttributeError) as exc:
                 raise ConfigError(
                     f"langgraph: run_url {run_url!r} is not a valid template "
-                    f"(use {{thread_id}}, {{run_id}}, {{assistant_id}}): {exc}"
+                    f"(use {{thread_id}}, {{run_id}}, {{assistant_id}}, {{base_url}}): {exc}"
                 ) from None
         self.assistant_id = assistant_id
-        self.run_url = run_url
+        self.run_url = STUDIO_THREAD_URL if run_url is None else run_url
         self.read_thread = read_thread
 
     def auth_headers(self, token: str) -> dict[str, str]:
@@ -247,11 +256,13 @@ class LangGraph(Provider):
                     message = "paused by an interrupt: awaiting human input"
         updated = parse_time(run.get("updated_at"))
         url = None
-        if self.run_url:
+        uses_base = "{base_url}" in self.run_url
+        if self.run_url and (self.base_url or not uses_base):
             url = self.run_url.format(
-                thread_id=ref.scope.get("thread_id", ""),
-                run_id=ref.id,
-                assistant_id=ident(run.get("assistant_id")) or "",
+                thread_id=_segment(ref.scope.get("thread_id", "")),
+                run_id=_segment(ref.id),
+                assistant_id=_segment(ident(run.get("assistant_id")) or ""),
+                base_url=quote(self.base_url or "", safe=""),
             )
         return RunStatus(
             ref=ref,

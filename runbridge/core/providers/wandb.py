@@ -36,7 +36,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from ..conditions import Condition, evaluate, parse_conditions
 from ..errors import (
@@ -227,8 +227,8 @@ class WandB(Provider):
     * ``entity``, ``project``: defaults for references (``client.ref("run_id")``) and launches.
     * ``queue``, ``queue_project``: the default run queue for launches, and the project that
       holds it (``"model-registry"``, W&B's default).
-    * ``app_url``: the W&B web UI, for ``RunStatus.url`` (e.g. ``"https://wandb.ai"``, or
-      ``app_url_for(base_url)``); no URL without it.
+    * ``app_url``: the W&B web UI, for ``RunStatus.url`` (e.g. ``"https://wandb.ai"``);
+      default ``app_url_for(<the client's base URL>)``, the SDK's own derivation; ``""``: no URL.
     """
 
     name = "wandb"
@@ -262,10 +262,13 @@ class WandB(Provider):
         self.queue = _text(queue, "queue") if queue is not None else None
         self.queue_project = _text(queue_project, "queue_project")
         if app_url is not None and (
-            not isinstance(app_url, str) or not app_url.startswith(("http://", "https://"))
+            not isinstance(app_url, str)
+            or (app_url != "" and not app_url.startswith(("http://", "https://")))
         ):
-            raise ConfigError(f"wandb: app_url must be an http(s) URL, got {app_url!r}")
-        self.app_url = app_url.rstrip("/") if app_url else None
+            raise ConfigError(
+                f"wandb: app_url must be an http(s) URL (or '' for no run URLs), got {app_url!r}"
+            )
+        self.app_url = app_url.rstrip("/") if app_url else app_url
         # Nothing else: a provider keeps no state between operations (it is shared by every
         # thread and wait of a client), so what a queued launch became is read from W&B.
 
@@ -283,8 +286,12 @@ class WandB(Provider):
         scope = dict(ref.scope)
         run_id = ref.id
         if "/" in run_id and scope.get("kind") != "queued":  # (item ids are base64: "/" is data)
-            path = urlsplit(run_id).path if "://" in run_id else run_id
-            parts = [part for part in path.split("/") if part]
+            if "://" in run_id:  # a run page URL, as run_url builds it (parts URL-quoted)
+                parts = [unquote(part) for part in urlsplit(run_id).path.split("/") if part]
+                if len(parts) > 4 and parts[-2] == "runs":  # an app under a path (Forge's /wandb)
+                    parts = parts[-4:]
+            else:
+                parts = [part for part in run_id.split("/") if part]
             if len(parts) == 4 and parts[2] == "runs":
                 parts = [parts[0], parts[1], parts[3]]
             if len(parts) != 3:
@@ -492,11 +499,16 @@ class WandB(Provider):
         )
 
     def run_url(self, ref: RunRef) -> str | None:
-        """``{app_url}/{entity}/{project}/runs/{run_id}``, as ``Run.url`` builds it."""
-        if not self.app_url or self._queued(ref):
+        """``{app_url}/{entity}/{project}/runs/{run_id}``, as ``Run.url`` builds it; the app URL
+        is the ``app_url`` option, else derived from the client's base URL as the SDK does
+        (``app_url_for``). A queue item has no page: its run's URL comes once it has a run."""
+        app_url = self.app_url
+        if app_url is None and self.base_url:
+            app_url = app_url_for(self.base_url)
+        if not app_url or self._queued(ref):
             return None
         parts = (ref.scope["entity"], ref.scope["project"], "runs", ref.id)
-        return self.app_url + "/" + "/".join(quote(part, safe="") for part in parts)
+        return app_url + "/" + "/".join(quote(part, safe="") for part in parts)
 
     # -- queue items ---------------------------------------------------------------------------
     def _read_item(self, ref: RunRef) -> Exchange[tuple[Response, Mapping[str, Any] | None]]:
