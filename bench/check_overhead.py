@@ -27,7 +27,7 @@ import httpx  # noqa: E402
 
 from runbridge.core.client import AsyncRunClient  # noqa: E402
 from runbridge.core.flows import WaitOptions  # noqa: E402
-from runbridge.core.http import Sleep  # noqa: E402
+from runbridge.core.http import Request, Sleep  # noqa: E402
 from runbridge.core.schedule import PollSchedule  # noqa: E402
 from runbridge.testing.rest import REST_CONFIG  # noqa: E402
 
@@ -70,8 +70,9 @@ def runbridge_checks(n: int, hooks: bool) -> float:
     step = next(flow)
     start = time.perf_counter()
     for _ in range(n):
+        assert isinstance(step, Request)
         client._httpx_args(step)  # what _send builds for httpx
-        response = client._response(step, raw)  # what _send hands back to the flow
+        response = client._response(step, raw, BODY)  # what _send hands back to the flow
         step = flow.send(response)  # -> parse, events, the next Sleep
         assert isinstance(step, Sleep)
         step = flow.send(None)  # the sleep is over: -> the next Request

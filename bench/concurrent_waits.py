@@ -42,6 +42,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +59,13 @@ NOISY = 0.25  # other processes used more than this share of a CPU during a run
 # ------------------------------------------------------------------------------------------
 # the emulator's bench routes (plain urllib: one short connection each, outside the timing)
 # ------------------------------------------------------------------------------------------
-def _bench_call(base_url: str, method: str, path: str, body: Any = None) -> Any:
+def _bench_call(
+    base_url: str, method: str, path: str, body: Any = None, context: Any = None
+) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(base_url + path, data=data, method=method)
     req.add_header("content-type", "application/json")
-    with urllib.request.urlopen(req, timeout=60) as resp:
+    with urllib.request.urlopen(req, timeout=60, context=context) as resp:
         return json.loads(resp.read())
 
 
@@ -393,7 +396,7 @@ def worker(cfg: dict[str, Any]) -> None:
 class Emulator:
     """The emulator process (bench/emulator_server.py), stopped on exit."""
 
-    def __init__(self, max_seconds: float, cpu: int | None) -> None:
+    def __init__(self, max_seconds: float, cpu: int | None, args: Sequence[str] = ()) -> None:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -401,6 +404,7 @@ class Emulator:
                 "--watch-stdin",
                 "--max-seconds",
                 str(int(max_seconds)),
+                *args,
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -430,9 +434,10 @@ class Emulator:
                 self.proc.wait(5)
 
 
-def run_worker(cfg: dict[str, Any]) -> dict[str, Any]:
+def run_worker(cfg: dict[str, Any], script: Path | None = None) -> dict[str, Any]:
     """Run one variant in a fresh process; a worker that fails is reported, not fatal."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(cfg)]
+    script = script or Path(__file__).resolve()
+    command = [sys.executable, str(script), "--worker", json.dumps(cfg)]
     if cfg.get("py_spy"):
         spy, out = cfg["py_spy"]
         command = [spy, "record", "--rate", "200", "--format", "raw", "-o", out, "--", *command]
@@ -614,7 +619,7 @@ def render(results: list[dict[str, Any]], in_flight: int, capped_pool: int | Non
     out: list[str] = []
     repeats = sorted(by_repeat)
     if len(repeats) > 1:
-        rows = []
+        rows: list[tuple[str, dict[str, Any], dict[str, float | None], float | None]] = []
         for rep in repeats:
             row = by_repeat[rep]
             for variant in VARIANTS:

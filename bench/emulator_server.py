@@ -15,11 +15,20 @@ with two bench-only additions that leave ``runbridge.testing`` untouched:
 * routes under ``/__bench/`` (answered before the emulator's app, so never recorded by it):
 
   - ``POST /__bench/seed`` ``{"n", "steps": [[raw, seconds], ...], "final"}`` creates ``n``
-    runs directly (``Emulator.add_run``) and answers ``{"ids": [...]}``;
+    runs directly (``Emulator.add_run``) and answers ``{"ids": [...], "started": [...]}``
+    (``time.monotonic()`` of each run's creation); with ``"ends": [seconds, ...]`` (one per
+    run) each run is ``queued`` for 1 s, ``running`` until its own end, then ``final``;
+  - ``GET /api/v2/accounts/{account}/runs/{id}/``: the one dbt Cloud endpoint its Airflow
+    trigger polls, over the same runs: ``{"data": {"id", "status": 1|3|10|20|30, ...}}``
+    (queued 1, running 3, succeeded 10, failed 20, cancelled 30), 401 without
+    ``Authorization: Token ...``, 404 for an unknown run;
   - ``GET /__bench/stats``: connections opened / open now / peak open, when each connection
     since the last reset was opened and closed (``time.monotonic()``, a system-wide clock on
-    Linux), status GETs served and all requests since the last reset, and this process's
-    CPU seconds;
+    Linux), status GETs served (the ``rest`` API's and the dbt endpoint's) and all requests
+    since the last reset, and this process's CPU seconds;
+
+With ``--certfile``/``--keyfile`` it serves HTTPS (uvicorn's TLS) and announces an
+``https://`` base URL.
   - ``POST /__bench/reset`` forgets the recorded requests and connection times, resets the peak.
 """
 
@@ -42,7 +51,8 @@ from uvicorn.importer import import_from_string
 
 from runbridge.testing import Script, create_emulator
 
-_STATS = {"opened": 0, "open": 0, "peak_open": 0}
+_STATS = {"opened": 0, "open": 0, "peak_open": 0, "dbt_gets": 0}
+DBT_CODES = {"queued": 1, "running": 3, "succeeded": 10, "failed": 20, "cancelled": 30}
 _OPENED_AT: list[float] = []  # time.monotonic() of each accepted connection (system-wide clock)
 _CLOSED_AT: list[float] = []
 
@@ -83,7 +93,43 @@ def make_app(emu: Any) -> Any:
         )
         await send({"type": "http.response.body", "body": body})
 
+    async def dbt_run(scope: Any, send: Any) -> None:
+        parts = scope["path"].strip("/").split("/")  # api v2 accounts {a} runs {id}
+        _STATS["dbt_gets"] += 1
+        headers = dict(scope["headers"])
+        if not headers.get(b"authorization", b"").startswith(b"Token "):
+            await reply(send, 401, {"status": {"code": 401, "is_success": False}})
+            return
+        run = emu.runs.get(parts[5]) if len(parts) == 6 else None
+        if run is None:
+            await reply(send, 404, {"status": {"code": 404, "is_success": False}})
+            return
+        raw, _ = run.state(emu.now())
+        code = DBT_CODES.get(raw, 20)
+        await reply(
+            send,
+            200,
+            {
+                "status": {"code": 200, "is_success": True},
+                "data": {
+                    "id": run.id,
+                    "account_id": int(parts[3]) if parts[3].isdigit() else parts[3],
+                    "status": code,
+                    "status_humanized": raw.capitalize(),
+                    "in_progress": code in (1, 3),
+                    "is_complete": code >= 10,
+                    "is_success": code == 10,
+                    "is_error": code == 20,
+                    "is_cancelled": code == 30,
+                    "href": f"{emu.base_url}/runs/{run.id}",
+                },
+            },
+        )
+
     async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/api/v2/accounts/"):
+            await dbt_run(scope, send)
+            return
         if scope["type"] != "http" or not scope["path"].startswith("/__bench/"):
             await inner(scope, receive, send)
             return
@@ -100,6 +146,8 @@ def make_app(emu: Any) -> Any:
             gets = sum(
                 1 for r in requests if r.method == "GET" and r.path.startswith("/api/v1/runs/")
             )
+            # the hub's batch endpoint (runbridge.testing.rest's batchGet, where it exists)
+            batches = sum(1 for r in requests if r.path.endswith(":batchGet"))
             await reply(
                 send,
                 200,
@@ -107,8 +155,9 @@ def make_app(emu: Any) -> Any:
                     "connections_opened": _STATS["opened"],
                     "connections_open": _STATS["open"],
                     "connections_peak_open": _STATS["peak_open"],
-                    "status_gets": gets,
-                    "requests": len(requests),
+                    "status_gets": gets + _STATS["dbt_gets"],
+                    "requests": len(requests) + _STATS["dbt_gets"],
+                    "batch_requests": batches,
                     "cpu_seconds": time.process_time(),
                     "runs": len(emu.runs),
                     "opened_at": _OPENED_AT[-20000:],
@@ -119,6 +168,7 @@ def make_app(emu: Any) -> Any:
             with emu.lock:
                 emu.requests.clear()
             _STATS["peak_open"] = _STATS["open"]
+            _STATS["dbt_gets"] = 0
             _OPENED_AT.clear()
             _CLOSED_AT.clear()
             await reply(send, 200, {"ok": True})
@@ -128,13 +178,34 @@ def make_app(emu: Any) -> Any:
             if not 0 < n <= 100_000:
                 await reply(send, 422, {"detail": "n must be in 1..100000"})
                 return
-            script = Script(
-                [(str(raw), float(sec)) for raw, sec in spec.get("steps", [["running", 20.0]])],
-                final=str(spec.get("final", "succeeded")),
-                outputs={"rows": 42},
+            final = str(spec.get("final", "succeeded"))
+            ends = spec.get("ends")
+            if ends is not None:
+                if len(ends) != n:
+                    await reply(send, 422, {"detail": "ends must have n entries"})
+                    return
+                scripts = [
+                    Script(
+                        [
+                            ("queued", min(1.0, float(e) / 4)),
+                            ("running", float(e) - min(1.0, float(e) / 4)),
+                        ],
+                        final=final,
+                        outputs={"rows": 42},
+                    )
+                    for e in ends
+                ]
+            else:
+                one = Script(
+                    [(str(raw), float(sec)) for raw, sec in spec.get("steps", [["running", 20.0]])],
+                    final=final,
+                    outputs={"rows": 42},
+                )
+                scripts = [one] * n
+            runs = [emu.add_run(script, job="bench") for script in scripts]
+            await reply(
+                send, 201, {"ids": [r.id for r in runs], "started": [r.started for r in runs]}
             )
-            ids = [emu.add_run(script, job="bench").id for _ in range(n)]
-            await reply(send, 201, {"ids": ids})
         else:
             await reply(send, 404, {"detail": f"no bench route {method} {path}"})
 
@@ -146,6 +217,8 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--max-seconds", type=float, default=1800.0)
+    parser.add_argument("--certfile", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--keyfile", help="... and this private key (PEM)")
     parser.add_argument(
         "--watch-stdin", action="store_true", help="exit when stdin closes (run from a parent)"
     )
@@ -156,7 +229,8 @@ def main() -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     port = sock.getsockname()[1]
-    emu.base_url = f"http://{args.host}:{port}"
+    scheme = "https" if args.certfile else "http"
+    emu.base_url = f"{scheme}://{args.host}:{port}"
 
     protocol = _counting_protocol(import_from_string(HTTP_PROTOCOLS["auto"]))
     config = uvicorn.Config(
@@ -168,6 +242,8 @@ def main() -> None:
         backlog=4096,
         timeout_keep_alive=60,
         http=protocol,
+        ssl_certfile=args.certfile,
+        ssl_keyfile=args.keyfile,
     )
     server = uvicorn.Server(config)
 

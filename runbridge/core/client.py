@@ -56,6 +56,7 @@ from .redact import Redactor
 from .registry import available, create_provider
 from .schedule import PollSchedule, RetryPolicy, parse_retry_after
 from .states import DEFAULT_SUCCESS, RunState, parse_states
+from .transport import AiohttpClient, AiohttpResponse, async_http_client
 
 __all__ = ["AsyncRunClient", "RunClient"]
 
@@ -64,6 +65,7 @@ logger = logging.getLogger("runbridge")
 T = TypeVar("T")
 RefLike = RunRef | Mapping[str, Any] | str
 Hook = Callable[[Event], None]
+_AnyResponse = httpx.Response | AiohttpResponse  # httpx's, or the aiohttp driver's
 SaveRecord = Callable[[LaunchRecord], Any]
 
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
@@ -157,7 +159,7 @@ class _Inflater:
     through as received (as httpx does with codings it does not know; the clients ask for gzip
     and deflate only), to fail as an unreadable answer."""
 
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: httpx.Response | AiohttpResponse) -> None:
         # a response a transport handed over already read is already decoded (by httpx)
         encoding = "" if response.is_stream_consumed else response.headers.get("content-encoding")
         codings = [c.strip().lower() for c in (encoding or "").split(",")]
@@ -199,8 +201,8 @@ def _raw(response: httpx.Response) -> Iterator[bytes]:
         yield from response.iter_raw()
 
 
-async def _araw(response: httpx.Response) -> AsyncIterator[bytes]:
-    if response.is_stream_consumed:
+async def _araw(response: httpx.Response | AiohttpResponse) -> AsyncIterator[bytes]:
+    if isinstance(response, httpx.Response) and response.is_stream_consumed:
         yield response.content
     else:
         async for data in response.aiter_raw():
@@ -349,7 +351,7 @@ class _BaseClient:
             args["content"] = request.content
         return args
 
-    def _check_size(self, request: Request, response: httpx.Response, size: int) -> None:
+    def _check_size(self, request: Request, response: _AnyResponse, size: int) -> None:
         if size > self.max_body:
             raise ProtocolError(
                 f"{self.platform}: the answer to {request.method} {request.path} is {size:,} "
@@ -357,12 +359,12 @@ class _BaseClient:
                 retryable=False,
             )
 
-    def _declared_size(self, request: Request, response: httpx.Response) -> None:
+    def _declared_size(self, request: Request, response: _AnyResponse) -> None:
         declared = response.headers.get("content-length", "")
         if declared.isdigit():
             self._check_size(request, response, int(declared))
 
-    def _response(self, request: Request, response: httpx.Response, content: bytes) -> Response:
+    def _response(self, request: Request, response: _AnyResponse, content: bytes) -> Response:
         """The answer as the flows see it: redacted, here and only here."""
         redactor = self._redactor
         headers = {k.lower(): v for k, v in response.headers.items()}
@@ -597,18 +599,13 @@ class AsyncRunClient(_BaseClient):
         )
         self._owns_http = client is None
         pool = max_in_flight + max_long_polls
-        self._http = (
+        # the transport chosen by measurement (core/transport.py); idle connections are kept
+        # longer than a poll interval, so a waiting run's connection is reused, not closed and
+        # reopened (a TLS handshake) between checks
+        self._http: httpx.AsyncClient | AiohttpClient = (
             client
             if client is not None
-            else httpx.AsyncClient(
-                limits=httpx.Limits(
-                    max_connections=pool,
-                    max_keepalive_connections=pool,
-                    # longer than a poll interval, so a waiting run's connection is reused,
-                    # not closed and reopened (a TLS handshake) between checks
-                    keepalive_expiry=max(60.0, 2 * self.poll.cap),
-                )
-            )
+            else async_http_client(pool, keepalive=max(60.0, 2 * self.poll.cap))
         )
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._max_long_polls = max_long_polls
