@@ -36,6 +36,7 @@ from runbridge.core import (
     RunStatus,
 )
 from runbridge.core.redact import Redactor
+from runbridge.core.transport import transport_name
 from runbridge.testing.rest import REST_CONFIG
 
 from . import hostile
@@ -330,20 +331,45 @@ async def test_a_token_in_a_custom_header_never_leaves(
     assert not leaks, f"{len(leaks)} leaks:\n" + "\n".join(leaks[:20])
 
 
-@pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="httpcore's own DEBUG log prints each response's headers as received, before the "
-    "client's one redaction point; runbridge's loggers are clean (the test above)",
+HTTPCORE_LOGS_HEADERS = (
+    "httpcore's own DEBUG log prints each response's headers as received, before the client's "
+    "one redaction point; runbridge's loggers are clean (the test above)"
 )
-async def test_httpcore_debug_log_of_an_echoed_header(
-    kind: str, clients: list[ClientUnderTest], caplog: pytest.LogCaptureFixture
+
+
+@pytest.mark.anyio
+async def test_http_library_debug_logs_of_an_echoed_header(
+    clients: list[ClientUnderTest], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Outside runbridge: with the root logger at DEBUG, httpcore logs the echoed header."""
+    """Outside runbridge: with the root logger at DEBUG, the HTTP library's own loggers.
+
+    The async client's default transport (aiohttp, runbridge/core/transport.py) logs no header;
+    httpcore, under the sync client (and the async one without aiohttp), logs each response's
+    headers as received: a known leak outside runbridge's reach, kept as a strict xfail."""
+    if transport_name() == "httpx":  # aiohttp is not installed here
+        pytest.xfail(HTTPCORE_LOGS_HEADERS)
     caplog.set_level(logging.DEBUG)
     out = Outflow()
     with hostile.HostileServer(echo_platform(ECHOES["raw"])) as server:
-        client = make_client(kind, "rest", server.url, TOKEN, **REST_CONFIG, **FAST)
+        client = make_client("async", "rest", server.url, TOKEN, **REST_CONFIG, **FAST)
+        clients.append(client)
+        await everything(client, out, "s404")
+    seen = [r for r in caplog.records if not r.name.startswith("runbridge")]
+    out.records(seen)
+    assert not out.leaks(TOKEN)
+
+
+@pytest.mark.anyio
+@pytest.mark.xfail(strict=True, reason=HTTPCORE_LOGS_HEADERS)
+async def test_httpcore_debug_log_of_an_echoed_header(
+    clients: list[ClientUnderTest], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The leak above, shown: the sync client's httpcore DEBUG log carries the echoed header
+    (strict: this fails loudly the day httpcore stops logging it)."""
+    caplog.set_level(logging.DEBUG)
+    out = Outflow()
+    with hostile.HostileServer(echo_platform(ECHOES["raw"])) as server:
+        client = make_client("sync", "rest", server.url, TOKEN, **REST_CONFIG, **FAST)
         clients.append(client)
         await everything(client, out, "s404")
     out.records(r for r in caplog.records if r.name.startswith("httpcore"))
