@@ -84,6 +84,7 @@ class RunSensor(RunOutcome, BaseSensorOperator):
         self._last: RunStatus | None = None
         self._failing_since: float | None = None
         self._seen: dict[str, Any] | None = None
+        self._killed = False
 
     @cached_property
     def hook(self) -> RunbridgeHook:
@@ -118,7 +119,19 @@ class RunSensor(RunOutcome, BaseSensorOperator):
             cancel_on_kill=False,
         )
 
+    def on_kill(self) -> None:
+        """The task was told to stop (SIGTERM: a pod shutdown, a user's kill): Airflow's handler
+        only calls this and returns, so the next poke ends the try. A sensor never cancels the
+        run: it did not launch it."""
+        self._killed = True
+        self.log.info("Stopping the wait for %s; the run keeps going", self._ref or self.run)
+
     def poke(self, context: Context) -> bool | PokeReturnValue:
+        if self._killed:
+            raise AirflowException(
+                f"Stopped waiting for {self._ref or self.run}: the task was killed "
+                "(the run keeps going)"
+            )
         try:
             status = self._check(context)
         except RunbridgeError as exc:

@@ -24,7 +24,9 @@ from .test_operator_unit import Store, TaskInstance
 
 
 def context(store: Store, try_number: int = 1) -> dict[str, Any]:
-    ti = TaskInstance(dag_id="d", task_id="sense", run_id="r1", try_number=try_number, xcoms={})
+    ti = TaskInstance(
+        dag_id="d", task_id="sense", run_id="r1", try_number=try_number, xcoms={}, pushes=[]
+    )
     return {"ti": ti, "task_state_store": store}
 
 
@@ -77,7 +79,7 @@ def test_poke_mode_logs_once_per_state_too(rest: Emulator) -> None:
     """Poke mode: one instance pokes again and again (and needs no store)."""
     run = rest.add_run(Script([("running", 60.0)]), job="elsewhere")
     sensor = RunSensor(task_id="sense", runbridge_conn_id="rb_rest", run=run.id)
-    ctx = {"ti": TaskInstance(try_number=1, xcoms={})}
+    ctx = {"ti": TaskInstance(try_number=1, xcoms={}, pushes=[])}
     with structlog.testing.capture_logs() as logs:
         for _ in range(4):
             sensor.poke(ctx)  # type: ignore[arg-type]
