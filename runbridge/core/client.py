@@ -44,6 +44,7 @@ from .config import (
     DEFAULT_REQUEST_TIMEOUT,
     check_base_url,
     seconds,
+    without_userinfo,
 )
 from .errors import ConfigError, ProtocolError, TransportError
 from .flows import Event, FlowContext, LongPollUnavailable, WaitOptions, log_event
@@ -244,7 +245,7 @@ class _BaseClient:
             raise ConfigError("token must be a string")
         self.provider = create_provider(platform, **options)
         self.platform = self.provider.name
-        self.provider.base_url = self.base_url
+        self.provider.base_url = without_userinfo(self.base_url)  # for run page links
         self._token = token or None
         self.request_timeout = seconds(request_timeout, "request_timeout", positive=True) or 0.0
         self.error_window = seconds(error_window, "error_window") or 0.0

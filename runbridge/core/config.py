@@ -22,7 +22,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
 from .schedule import PollSchedule, RetryPolicy, seconds
@@ -76,6 +76,18 @@ def check_base_url(value: Any) -> str:
     if parts.query or parts.fragment:
         raise ConfigError(f"base_url {value!r} must not have a query or fragment")
     return text.rstrip("/")
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` without a ``user:password@`` part: what may go into a run page link.
+
+    A base URL may carry credentials for the API (httpx sends them as Basic auth); a link built
+    from it (W&B's app, LangGraph's Studio, Flyte's console) is shown to people and stored in
+    XCom, artifacts and metadata, so it never carries them."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def _mapping(value: Any, name: str) -> dict[str, Any]:

@@ -27,6 +27,12 @@ FAILING = Script([("queued", 0.05), ("running", 0.2)], final="failed", message="
 
 
 def test_launch_and_wait_succeeds_with_logs_and_artifacts(rest_emu, rest_credentials):
+    # queued long enough that the launch's first status is not RUNNING yet, even on a loaded
+    # machine: the wait then sees (and logs) the change
+    rest_emu.script(
+        Script([("queued", 1.5), ("running", 0.5)], final="succeeded", outputs={"rows": 42})
+    )
+
     @flow
     def nightly():
         return launch_and_wait(rest_credentials, {"job": "nightly"}, poll=0.05)

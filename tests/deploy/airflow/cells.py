@@ -26,7 +26,12 @@ What each row does in Airflow (the row table is tests/deploy/matrix.py):
   SIGCONTed (it then cancels its copy of the trigger, which calls ``on_kill``).
 
 The sensor column watches a run the test launches with the core client (``RunClient.launch``
-with a key), so the launch-side faults meet that launch.
+with a key), so the launch-side faults meet that launch. Where a row expects a kill to cancel,
+the sensor's cell expects the run left going (the sensor never cancels, docs/airflow.md).
+
+A cell that cannot end (a timeout waiting for the deployment) is reported as such; its
+emulator is quarantined and its DAG run marked failed, so nothing it still does is counted in
+another cell's record.
 """
 
 from __future__ import annotations
