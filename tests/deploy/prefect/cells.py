@@ -186,7 +186,8 @@ class CellRunner:
         self.pool = pool
         self.results: list[CellResult] = []
         self._futures: dict[str, Future[CellResult]] = {}
-        self._executor = ThreadPoolExecutor(max_workers=max(1, concurrency))
+        self._concurrency = max(1, concurrency)
+        self._executor = ThreadPoolExecutor(max_workers=self._concurrency)
         self._serial = ThreadPoolExecutor(max_workers=1)
         self._cancel_barrier: threading.Barrier | None = None
         self._flow_runs: list[Any] = []
@@ -197,8 +198,8 @@ class CellRunner:
         normal = [c for c in cells if c.row.id not in DISRUPTIVE]
         disruptive = [c for c in cells if c.row.id in DISRUPTIVE]
         cancelling = sum(c.row.id in CANCEL_ROWS for c in normal)
-        if cancelling:
-            self._cancel_barrier = threading.Barrier(cancelling)
+        if cancelling:  # never more parties than cells can run at once (it would deadlock)
+            self._cancel_barrier = threading.Barrier(min(cancelling, self._concurrency))
         for cell in normal:
             self._futures[cell.id] = self._executor.submit(self._run, cell)
         first = list(self._futures.values())
