@@ -273,7 +273,7 @@ def test_unary_errors_are_connect_errors(emu: FlyteEmulator) -> None:
         }
         bad = http.post(f"{RUN_SERVICE}/GetRunDetails", json={}, headers=JSON)
         assert (bad.status_code, bad.json()["code"]) == (400, "invalid_argument")
-        other = http.post(f"{RUN_SERVICE}/ListRuns", json={}, headers=JSON)
+        other = http.post(f"{RUN_SERVICE}/WatchRuns", json={}, headers=JSON)
         assert (other.status_code, other.json()["code"]) == (501, "unimplemented")
         assert http.post("/no.such.Service/Method", json={}, headers=JSON).status_code == 404
         noauth = http.post(
