@@ -123,6 +123,10 @@ class ClientConfig:
     poll: PollSchedule = dataclasses.field(default_factory=PollSchedule)
     error_window: float = DEFAULT_ERROR_WINDOW
     max_body: int = DEFAULT_MAX_BODY
+    max_rps: float | None = None
+    """Requests per second for all waits, launches and cancels of one async client (its hub's
+    budget: every wait of a connection in a triggerer, a worker, a sensor shares it); None: no
+    cap. A 429's Retry-After pauses the hub's checks whatever this is."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.platform, str) or not self.platform.strip():
@@ -143,6 +147,11 @@ class ClientConfig:
             raise ConfigError(f"max_body must be a number of bytes, got {self.max_body!r}")
         if self.max_body < 1024:
             raise ConfigError(f"max_body must be at least 1024 bytes, got {self.max_body}")
+        from .hub import HubOptions
+
+        HubOptions(max_rps=self.max_rps)  # a positive finite number or None, else ConfigError
+        if self.max_rps is not None:
+            object.__setattr__(self, "max_rps", float(self.max_rps))
         # the provider checks its options now, not at the first request
         from .registry import create_provider
 
@@ -191,6 +200,7 @@ class ClientConfig:
             "poll": dataclasses.asdict(self.poll),
             "error_window": self.error_window,
             "max_body": self.max_body,
+            "max_rps": self.max_rps,
         }
         if token:
             data["token"] = self.token
@@ -283,6 +293,5 @@ class ClientConfig:
         """A new :class:`~runbridge.AsyncRunClient` (for a shared one, see ``core.shared``)."""
         from .client import AsyncRunClient
 
-        return AsyncRunClient(
-            self.platform, self.base_url, self.token, **{**self.client_kwargs(), **overrides}
-        )
+        kwargs = {**self.client_kwargs(), "max_rps": self.max_rps, **overrides}
+        return AsyncRunClient(self.platform, self.base_url, self.token, **kwargs)

@@ -224,3 +224,19 @@ def test_a_new_user_within_the_linger_keeps_the_client() -> None:
         assert first is second and not first._http.is_closed
 
     asyncio.run(main())
+
+
+def test_max_rps_is_the_async_clients_request_budget() -> None:
+    """One request budget per connection: ClientConfig carries the hub's ``max_rps`` to every
+    async client made from it (the sync client has no hub), and refuses a nonsense value."""
+    config = ClientConfig.from_mapping(
+        {"platform": "rest", "base_url": "https://x.example", "options": REST_CONFIG, "max_rps": 5}
+    )
+    assert config.max_rps == 5.0 and config.to_mapping()["max_rps"] == 5.0
+    client = config.async_client()
+    assert client.hub_options.max_rps == 5.0
+    assert ClientConfig.from_mapping(config.to_mapping()) == config
+    for bad in (0, -1, float("nan"), float("inf"), True, "fast"):
+        with pytest.raises(ConfigError, match="max_rps"):
+            config.replace(max_rps=bad)
+    assert config.replace(max_rps=None).fingerprint() != config.fingerprint()
