@@ -254,6 +254,9 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
         except WaitTimeout as exc:
             from .triggers import wait_timeout_message
 
+            # wait_timeout leaves the run going: a SIGTERM while the failed try winds down
+            # (Airflow's task_success_overtime) must not cancel it through on_kill
+            self._done = True
             raise AirflowException(
                 wait_timeout_message(ref, exc.last_status, self.wait_timeout)
             ) from None
@@ -304,6 +307,7 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
             self._cancel("the task reached its execution_timeout")
             raise AirflowTaskTimeout(str(event.get("message")))
         if kind == "wait_timeout":
+            self._done = True  # the run keeps going (see _wait)
             raise AirflowException(f"{event.get('message')} (wait_timeout)")
         raise AirflowException(f"{event.get('error', 'error')}: {event.get('message')}")
 

@@ -279,14 +279,21 @@ def test_wait_timeout_counts_from_the_waits_start_in_a_human_duration(rest: Emul
     rest.script(Script([("running", 60.0)], final="succeeded"))
     ctx, deferred, event = deferred_then_resumed(rest, Store(), wait_timeout=2)
     assert event["kind"] == "wait_timeout"
+    resumed = operator(deferrable=True)
     with pytest.raises(AirflowException) as deferred_failure:
-        operator(deferrable=True).execute_complete(ctx, event=event, **(deferred.kwargs or {}))
+        resumed.execute_complete(ctx, event=event, **(deferred.kwargs or {}))
+    in_worker = operator(wait_timeout=2)
     with pytest.raises(AirflowException) as worker_failure:
-        operator(wait_timeout=2).execute(context(Store(), 1, 1))
+        in_worker.execute(context(Store(), 1, 1))
     for failure in (deferred_failure, worker_failure):
         text = str(failure.value)
         assert "still RUNNING when the wait ran out (wait_timeout 2 s)" in text, text
         assert "the run keeps going" in text
+    # the failed try winding down past Airflow's task_success_overtime gets SIGTERM, whose
+    # handler calls on_kill: the run wait_timeout promised to leave going stays going (seen in
+    # the real deployment's wait_timeout cell)
+    resumed.on_kill()
+    in_worker.on_kill()
     assert rest.cancels == []
 
 
