@@ -39,7 +39,7 @@ def test_a_flow_run_retry_reattaches_to_the_runs_of_its_first_attempt(rest_emu, 
     retries the flow run (new task runs, new task run ids); every task re-attaches."""
     topics = ["a", "b", "c"]
 
-    @flow(retries=1, retry_delay_seconds=0)
+    @flow(retries=1, retry_delay_seconds=2)  # the retry starts after the run ended
     def nightly():
         return launch_and_wait.map(
             unmapped(rest_credentials),
@@ -63,7 +63,7 @@ def test_a_flow_run_retry_reattaches_to_the_runs_of_its_first_attempt(rest_emu, 
 def test_a_flow_run_retry_reattaches_in_the_flows_own_code(rest_emu, rest_credentials):
     """The job block triggered in the flow's body (no task): the key comes from the flow run."""
 
-    @flow(retries=1, retry_delay_seconds=0)
+    @flow(retries=1, retry_delay_seconds=2)  # the retry starts after the run ended
     def nightly():
         job = ExternalRunJob(
             credentials=rest_credentials,
