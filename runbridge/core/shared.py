@@ -84,13 +84,16 @@ async def _close_when_idle(
 ) -> None:
     """Close ``entry``'s client after ``linger`` idle seconds, or at once when the loop shuts
     down (``asyncio.run`` cancels this task, and the client still closes)."""
+    me = asyncio.current_task()
     try:
         await asyncio.sleep(linger)
     except asyncio.CancelledError:
-        if entry.users:  # cancelled because a new user came: keep the client
+        # cancelled because a new user came (who may have left again in the same loop turn,
+        # leaving a newer closer in charge): keep the client; else the loop is shutting down
+        if entry.users or entry.closer is not me:
             raise
     with _lock:
-        if entry.users or entries.get(key) is not entry:
+        if entry.users or entries.get(key) is not entry or entry.closer is not me:
             return
         del entries[key]
         entry.closing = True

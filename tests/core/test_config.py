@@ -226,6 +226,25 @@ def test_a_new_user_within_the_linger_keeps_the_client() -> None:
     asyncio.run(main())
 
 
+def test_a_user_in_and_out_within_one_loop_turn_does_not_cut_the_linger_short() -> None:
+    """A closer cancelled by a user who came and went in one loop turn hands over to the newer
+    closer: the client stays open for the whole linger (it was closed at once)."""
+
+    async def main() -> None:
+        cfg = config()
+        async with shared_async_client(cfg, linger=0.5) as first:
+            pass
+        await asyncio.sleep(0.02)  # the first closer is asleep in its linger
+        async with shared_async_client(cfg, linger=0.5) as again:
+            pass  # in and out within one turn: the first closer is cancelled, a second starts
+        await asyncio.sleep(0.05)  # the first closer has handled its cancellation
+        assert again is first and not first._http.is_closed
+        await asyncio.sleep(0.6)
+        assert first._http.is_closed  # the second closer closed it after its linger
+
+    asyncio.run(main())
+
+
 def test_max_rps_is_the_async_clients_request_budget() -> None:
     """One request budget per connection: ClientConfig carries the hub's ``max_rps`` to every
     async client made from it (the sync client has no hub), and refuses a nonsense value."""
