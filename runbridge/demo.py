@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["run_demo"]
 
 POLL = PollSchedule(first=0.25, factor=1.5, cap=1.5)
-"""Fast checks, so the demo ends in seconds (the default starts at 1 s and backs off to 30 s)."""
+"""Fast checks, so the demo ends in seconds (the default starts at 1 s and backs off to 10 s)."""
 WAIT_TIMEOUT = 30.0
 """A safety net: no demo run should take this long."""
 
