@@ -52,6 +52,7 @@ CLIENT_KEYS = (
     "poll_max_interval",
     "error_window",
     "max_body",
+    "max_rps",
 )
 """Extra keys that are :class:`ClientConfig` fields (platform, base URL and token have their own)."""
 EXTRA_KEYS = ("platform", *CLIENT_KEYS, "scheme")

@@ -322,3 +322,20 @@ def test_test_connection(
     monkeypatch.setenv("AIRFLOW_CONN_RB_DOWN", json.dumps(down))
     ok, message = RunbridgeHook("rb_down").test_connection()
     assert not ok and "Could not use rest" in message
+
+
+def test_max_rps_is_a_connection_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub's request budget from the connection (as text in a URI too), refused by name."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RB_RPS",
+        "runbridge://:tok@api.example.com/?platform=rest&max_rps=2.5&options="
+        + quote(json.dumps(REST_CONFIG)),
+    )
+    assert settings("rb_rps").max_rps == 2.5
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RB_RPS_BAD",
+        "runbridge://:tok@api.example.com/?platform=rest&max_rps=-1&options="
+        + quote(json.dumps(REST_CONFIG)),
+    )
+    with pytest.raises(ConfigError, match=r"rb_rps_bad.*max_rps"):
+        settings("rb_rps_bad")
