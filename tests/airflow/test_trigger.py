@@ -168,6 +168,7 @@ class Supervisor:
         if isinstance(msg, MaskSecret):
             return None  # the real one adds the secret to the log masker
         self.asked.append(msg)
+        run_ref = self.run_ref  # read before the delay: concurrent asks may change it
         if self.silent:
             await asyncio.Event().wait()
         await asyncio.sleep(self.delay)
@@ -177,7 +178,7 @@ class Supervisor:
             }
             return TaskStatesResult(task_states=states)
         assert isinstance(msg, GetXCom) and msg.key == "run_ref"
-        return XComResult(key=msg.key, value=self.run_ref)
+        return XComResult(key=msg.key, value=run_ref)
 
 
 def for_task(trigger: RunTrigger, task_id: str = "launch") -> RunTrigger:
