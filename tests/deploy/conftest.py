@@ -74,7 +74,9 @@ def start_emulator(platform: str, directory: Path, *extra: str) -> EmulatorServe
     """Start ``runbridge emulate`` for ``platform`` and wait for its URL line (killed on any
     failure to start)."""
     token = "matrix-" + secrets.token_hex(12)
-    log = directory / f"emulate-{platform}.log"
+    # a name of its own: emulators started at once in one directory must not read each
+    # other's URL line (and token)
+    log = directory / f"emulate-{platform}-{secrets.token_hex(4)}.log"
     command = [sys.executable, "-m", "runbridge", "emulate", "--platform", platform]
     command += ["--port", "0", "--token", token, "--quiet", *extra]
     with log.open("wb") as out:
