@@ -43,6 +43,7 @@ __all__ = [
     "PLATFORMS",
     "PREFECT",
     "ROWS",
+    "Cell",
     "Row",
     "check",
     "full",
@@ -51,6 +52,7 @@ __all__ = [
     "row",
     "row_id",
     "rows_for",
+    "selected_cells",
 ]
 
 COLUMNS: tuple[str, ...] = (
@@ -467,6 +469,41 @@ def rows_for(column: str, *, every: bool | None = None) -> list[Row]:
         raise ValueError(f"unknown column {column!r}; known: {', '.join(COLUMNS)}")
     every = full() if every is None else every
     return [r for r in ROWS if column in r.applies_to and (every or r.quick)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One cell of the matrix: a row run in a column on a platform."""
+
+    column: str
+    row: Row
+    platform: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.column}/{self.row.id}/{self.platform}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.column}-{self.row.id}-{self.platform}"
+
+
+def selected_cells(items: Iterable[Any], columns: Iterable[str]) -> list[Cell]:
+    """The cells of the collected pytest items (their ``column``, ``row`` and ``platform``
+    parameters) whose column is one of ``columns``, in collection order, leaving out items
+    marked ``skip`` or with a true ``skipif``: what a column's runner submits up front."""
+    wanted = set(columns)
+    cells = []
+    for item in items:
+        params: Mapping[str, Any] = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("column") not in wanted or not isinstance(params.get("row"), Row):
+            continue
+        skipped = item.get_closest_marker("skip") is not None or any(
+            m.args and m.args[0] for m in item.iter_markers("skipif")
+        )
+        if not skipped:
+            cells.append(Cell(params["column"], params["row"], params["platform"]))
+    return cells
 
 
 def failure_text(platform: str) -> str:

@@ -45,7 +45,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ from runbridge.core.client import RunClient
 from runbridge.testing.control import EmulatorControl
 from tests.deploy import matrix
 from tests.deploy.airflow.deployment import TERMINAL, AirflowDeployment, DeploymentError
+from tests.deploy.matrix import Cell
 
 TOKEN = "rb-matrix-s3cret-token-5d1e"
 """The emulators' token: it must never show in a task log or an XCom."""
@@ -83,17 +84,6 @@ SETTLE = 2.0
 KILL_SETTLE = 10.0
 """After a user stop with no cancel expected: long enough for the worker's next heartbeat
 (5 s) to be refused and ``on_kill`` to run, so a wrong cancel would be seen."""
-
-
-@dataclasses.dataclass
-class Cell:
-    column: str
-    row: matrix.Row
-    platform: str
-
-    @property
-    def id(self) -> str:
-        return f"{self.column}/{self.row.id}/{self.platform}"
 
 
 @dataclasses.dataclass
@@ -644,16 +634,5 @@ class _CellRun:
 
 
 def selected_cells(items: Iterable[Any]) -> list[Cell]:
-    """The cells of the collected Airflow matrix tests (their ``column``/``row``/``platform``
-    parameters), in collection order."""
-    cells = []
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        if callspec is None or not item.nodeid.startswith("tests/deploy/airflow/"):
-            continue
-        if item.get_closest_marker("skip") is not None:
-            continue
-        params: Mapping[str, Any] = callspec.params
-        if {"column", "row", "platform"} <= set(params):
-            cells.append(Cell(params["column"], params["row"], params["platform"]))
-    return cells
+    """The cells of the collected Airflow matrix tests, in collection order."""
+    return matrix.selected_cells(items, matrix.AIRFLOW)

@@ -37,6 +37,7 @@ from typing import Any
 from tests.deploy import matrix
 from tests.deploy.conftest import EmulatorServer, start_emulator
 from tests.deploy.dagster.deployment import POLL, DagsterDeployment
+from tests.deploy.matrix import Cell
 
 TOKEN_ENV = "RUNBRIDGE_DEPLOY_TOKEN"
 JOBS = {"dagster-op": ("op_job", "external"), "dagster-asset": ("asset_job", "external_asset")}
@@ -68,17 +69,6 @@ RETRY_TIMEOUT = 400.0
 other, each waiting for its run worker to load (minutes apiece on a busy machine)."""
 FINISHED = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
 TASK_STATE = {"SUCCESS": "success", "FAILURE": "failed", "CANCELED": "stopped"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-    column: str
-    row: matrix.Row
-    platform: str
-
-    @property
-    def name(self) -> str:
-        return f"{self.column}-{self.row.id}-{self.platform}"
 
 
 @dataclasses.dataclass

@@ -31,20 +31,7 @@ TIMINGS: dict[str, Any] = {}
 
 
 def selected_cells(items: list[pytest.Item]) -> list[Cell]:
-    cells = []
-    for item in items:
-        params: dict[str, Any] = getattr(getattr(item, "callspec", None), "params", {})
-        skipped = item.get_closest_marker("skip") is not None or any(
-            m.args and m.args[0] for m in item.iter_markers("skipif")
-        )
-        row = params.get("row")
-        if (
-            not skipped
-            and isinstance(row, matrix.Row)
-            and str(params.get("column", "")).startswith("dagster-")
-        ):
-            cells.append(Cell(params["column"], params["row"], params["platform"]))
-    return cells
+    return matrix.selected_cells(items, matrix.DAGSTER)
 
 
 @pytest.fixture(scope="session")

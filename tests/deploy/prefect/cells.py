@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 
 from tests.deploy import matrix
 from tests.deploy.conftest import EmulatorServer, start_emulator
+from tests.deploy.matrix import Cell
 from tests.deploy.prefect.deployment import PrefectDeployment
 
 T = TypeVar("T")
@@ -63,17 +64,6 @@ RESTART_ROWS = frozenset({"worker_sigkill", "crash_before_record", "flow_restart
 DISRUPTIVE = frozenset({"flow_restart"})
 """Rows that act on the whole deployment (the worker): after the others, one at a time."""
 CANCEL_ROWS = frozenset({"flow_cancel", "no_cancel_on_kill"})
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-    column: str
-    row: matrix.Row
-    platform: str
-
-    @property
-    def id(self) -> str:
-        return f"{self.column}/{self.row.id}/{self.platform}"
 
 
 @dataclasses.dataclass
@@ -105,13 +95,8 @@ class CellResult:
 
 
 def selected_cells(items: Iterable[Any]) -> list[Cell]:
-    """The cells of the collected tests (their ``column``, ``row``, ``platform`` params)."""
-    cells = []
-    for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        if {"column", "row", "platform"} <= set(params) and params["column"] in matrix.PREFECT:
-            cells.append(Cell(params["column"], params["row"], params["platform"]))
-    return cells
+    """The cells of the collected Prefect matrix tests, in collection order."""
+    return matrix.selected_cells(items, matrix.PREFECT)
 
 
 class EmulatorPool:
