@@ -6,19 +6,26 @@
 
 Runs the matrix's column folders (tests/deploy/airflow, prefect, dagster), each in its own pytest
 process (each starts its own orchestrator deployment, with its own temporary home), with
-``RUNBRIDGE_MATRIX=full``, ``RUNBRIDGE_MATRIX_PLATFORMS=all`` and ``RUNBRIDGE_MATRIX_OUT`` set
-to a temporary file where every cell records its outcome (tests/deploy/conftest.py), then writes
-docs/reliability.md: one table per platform, rows x columns, each cell ``pass``, ``FAIL``,
-``n/a`` (the row does not apply to the column, or the platform cannot do what it needs) or
-``not run`` (applies but no outcome was recorded: skipped, or its folder did not get there),
-then the failures' details, the command, the date and the code tested.
+``RUNBRIDGE_MATRIX=full``, ``RUNBRIDGE_MATRIX_PLATFORMS=all``, ``RUNBRIDGE_AIRFLOW_DB=postgres``
+and ``RUNBRIDGE_MATRIX_OUT`` set to a temporary file where every cell records its outcome
+(tests/deploy/conftest.py). Then it merges the outcomes into docs/reliability.json, which keeps
+every cell's last outcome and the run it came from (its date, command, code tested and Airflow
+database): the cells in this run's scope (its platforms, columns and rows) take this run's
+outcome, or none if it recorded none; the others keep theirs. So a run of one platform, or of
+one column folder, updates its part of the matrix. Last it renders docs/reliability.md from the
+JSON: one table per platform, rows x columns, each cell ``pass``, ``FAIL``, ``n/a`` (the row
+does not apply to the column, or the platform cannot do what it needs) or ``not run`` (applies
+but no outcome was recorded), each section naming the runs its cells come from, the failures'
+details with their run, the totals over all platforms.
 
 Options: ``--platforms rest,vi`` (default ``all``), ``--quick`` (only the CI rows),
-``--columns airflow,dagster`` (folders to run; default all three), ``--cells FILE`` (render an
-existing outcome file instead of running anything), ``--out PATH`` (default
-docs/reliability.md), ``--keep-going`` (run the other folders after one fails to start; on by
-default), and anything after ``--`` goes to pytest. Exit status 1 if a cell failed or a pytest
-process failed without recording cells. Standard library only (and tests/deploy/matrix.py).
+``--columns airflow,dagster`` (folders to run; default all three), ``--airflow-db sqlite``
+(default ``postgres``, or ``RUNBRIDGE_AIRFLOW_DB``), ``--cells FILE`` (merge an existing
+outcome file instead of running anything: give the platforms, columns and rows it covers),
+``--render`` (render the JSON again, run nothing), ``--fresh`` (forget earlier runs),
+``--out PATH`` (default docs/reliability.md), ``--data PATH`` (default: ``--out`` with
+``.json``), and anything after ``--`` goes to pytest. Exit status 1 if a cell of this run
+failed or a pytest process failed. Standard library only (and tests/deploy/matrix.py).
 """
 
 from __future__ import annotations
@@ -48,6 +55,10 @@ FOLDERS: dict[str, tuple[str, ...]] = {
     "dagster": matrix.DAGSTER,
 }
 """The column folders under tests/deploy and the columns each holds."""
+
+AIRFLOW_DBS = ("postgres", "sqlite")
+"""The Airflow deployment's databases (``RUNBRIDGE_AIRFLOW_DB``): the full runs use PostgreSQL
+(SQLite's "database is locked" once killed the triggerer under 200 tasks)."""
 
 
 def project_python() -> str:
@@ -79,6 +90,7 @@ def run_folders(
     quick: bool,
     cells: Path,
     pytest_args: Sequence[str],
+    airflow_db: str = "postgres",
 ) -> list[dict[str, Any]]:
     """Run each column folder in its own pytest process; their exit status and time."""
     env = dict(os.environ)
@@ -86,6 +98,7 @@ def run_folders(
         RUNBRIDGE_MATRIX="quick" if quick else "full",
         RUNBRIDGE_MATRIX_PLATFORMS=platforms,
         RUNBRIDGE_MATRIX_OUT=str(cells),
+        RUNBRIDGE_AIRFLOW_DB=airflow_db,
     )
     results = []
     for folder in folders:
@@ -121,37 +134,98 @@ def load_cells(path: Path) -> list[dict[str, Any]]:
     return cells
 
 
+# -- the outcomes kept across runs (docs/reliability.json) -------------------------------------
+def key(platform: str, row: str, column: str) -> str:
+    return f"{platform}/{row}/{column}"
+
+
+def load_data(path: Path) -> dict[str, Any]:
+    """``{"runs": {id: run}, "cells": {"platform/row/column": cell}}`` (empty if no file)."""
+    if not path.exists():
+        return {"runs": {}, "cells": {}}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return {"runs": dict(data.get("runs") or {}), "cells": dict(data.get("cells") or {})}
+
+
+def save_data(path: Path, data: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def merge(
+    data: dict[str, Any],
+    cells: Sequence[Mapping[str, Any]],
+    run: Mapping[str, Any],
+) -> dict[str, Any]:
+    """``data`` with ``run``'s outcomes: every cell in the run's scope (its platforms, columns
+    and rows, where the row applies) takes this run's outcome, or none (``not run``) if it
+    recorded none; cells outside the scope keep theirs. Runs no cell comes from are dropped."""
+    outcomes = matrix.summary(cells)
+    quick = run["rows"] == "quick"
+    cell_map: dict[str, Any] = dict(data["cells"])
+    for platform in run["platforms"]:
+        for column in run["columns"]:
+            for row in matrix.ROWS:
+                if quick and not row.quick:
+                    continue
+                if not matrix.applies(row, column, platform):
+                    continue
+                k = key(platform, row.id, column)
+                cell_map.pop(k, None)
+                found = outcomes.get((platform, row.id, column))
+                if found is not None:
+                    cell_map[k] = {
+                        "outcome": str(found["outcome"]),
+                        "detail": str(found.get("detail") or "")[-2000:],
+                        "run": run["id"],
+                    }
+    runs = {**data["runs"], run["id"]: dict(run)}
+    used = {c["run"] for c in cell_map.values()}
+    return {"runs": {i: r for i, r in runs.items() if i in used}, "cells": cell_map}
+
+
+def backend_text(run: Mapping[str, Any]) -> str:
+    db = run.get("airflow_db")
+    if not db:
+        return "no Airflow column"
+    return {"postgres": "Airflow on PostgreSQL", "sqlite": "Airflow on SQLite"}.get(
+        str(db), f"Airflow on {db}"
+    )
+
+
+def run_text(run: Mapping[str, Any]) -> str:
+    """One run in a line: its date, the code it tested, the Airflow database."""
+    return f"{run.get('date', '?')}, code {run.get('commit', '?')}, {backend_text(run)}"
+
+
 def cell_text(
-    outcomes: Mapping[tuple[str, str, str], Mapping[str, Any]],
-    platform: str,
-    row: matrix.Row,
-    column: str,
+    cells: Mapping[str, Mapping[str, Any]], platform: str, row: matrix.Row, column: str
 ) -> str:
     if not matrix.applies(row, column, platform):
         return "n/a"
-    cell = outcomes.get((platform, row.id, column))
+    cell = cells.get(key(platform, row.id, column))
     if cell is None:
         return "not run"
     return {"pass": "pass", "fail": "**FAIL**", "skip": "not run"}.get(str(cell["outcome"]), "?")
 
 
-def render(
-    cells: list[dict[str, Any]],
-    *,
-    platforms: Sequence[str],
-    command: str,
-    started: datetime.datetime,
-    minutes: float | None,
-    runs: Sequence[Mapping[str, Any]],
-    quick: bool,
-) -> tuple[str, int]:
-    """docs/reliability.md's text, and the number of failed cells."""
-    outcomes = matrix.summary(cells)
-    rows = [r for r in matrix.ROWS if r.quick or not quick]
+def shown_platforms(data: Mapping[str, Any]) -> list[str]:
+    """The platforms some kept run covered, in the matrix's order."""
+    seen = {p for run in data["runs"].values() for p in run.get("platforms", ())}
+    seen |= {k.split("/", 1)[0] for k in data["cells"]}
+    return [p for p in matrix.ALL_PLATFORMS if p in seen]
+
+
+def render(data: Mapping[str, Any]) -> tuple[str, int]:
+    """docs/reliability.md's text from the kept outcomes, and the number of failed cells."""
+    cells: Mapping[str, Mapping[str, Any]] = data["cells"]
+    runs: Mapping[str, Mapping[str, Any]] = data["runs"]
+    platforms = shown_platforms(data)
     lines = [
         "# Reliability matrix",
         "",
-        "<!-- Written by tools/reliability.py (`python3 dev.py reliability`); do not edit. -->",
+        "<!-- Written by tools/reliability.py (`python3 dev.py reliability`) from",
+        "     docs/reliability.json; do not edit. -->",
         "",
         "Every scenario of issue 14 (rows) run against every way runbridge runs a platform's run",
         "from an orchestrator (columns), in real deployments started by the test session",
@@ -162,60 +236,85 @@ def render(
         "platform), is tests/deploy/matrix.py; how to test your own DAGs, flows and jobs the",
         "same way is docs/testing.md.",
         "",
-        f"- Command: `{command}`",
-        f"- Date: {started.strftime('%Y-%m-%d %H:%M UTC')}"
-        + (f", {minutes:.1f} min" if minutes is not None else ""),
-        f"- Code tested: {code_tested()}",
-        f"- Host: Python {host.python_version()} on {host.system()} {host.machine()}",
-        f"- Rows: {'the quick (CI) rows only' if quick else 'all'}; platforms: "
-        + ", ".join(platforms),
+        "The tables gather several runs: a run of some platforms or columns replaces only their",
+        "cells (docs/reliability.json keeps each cell's outcome and the run it came from). Each",
+        "platform's section names the runs its cells come from: the date, the code tested and",
+        "the Airflow deployment's database.",
+        "",
+        "Runs:",
+        "",
+    ]
+    for run_id in sorted(runs, reverse=True):
+        run = runs[run_id]
+        minutes = run.get("minutes")
+        lines.append(
+            f"- `{run.get('command', '?')}`: {run.get('date', '?')}"
+            + (f", {float(minutes):.1f} min" if minutes is not None else "")
+            + f"; code tested {run.get('commit', '?')}; {backend_text(run)}; rows: "
+            + ("the quick (CI) rows" if run.get("rows") == "quick" else "all")
+            + f"; platforms: {', '.join(run.get('platforms', ()))}"
+            + f"; columns: {', '.join(run.get('columns', ()))}"
+            + (f"; host: {run['host']}" if run.get("host") else "")
+        )
+        for folder in run.get("folders", ()):
+            if folder.get("missing"):
+                lines.append(f"  - tests/deploy/{folder['folder']}: no such folder")
+            else:
+                lines.append(
+                    f"  - tests/deploy/{folder['folder']}: pytest exit {folder['exit']}, "
+                    f"{float(folder['seconds']) / 60:.1f} min"
+                )
+    lines += [
         "",
         "Cells: `pass`; **FAIL** (details below); `n/a`: the row does not apply to the column "
         "(`clear` is Airflow's, `flow_cancel` Prefect's, `terminate` Dagster's...) or the "
         "platform cannot do what the row needs (Lume has no cancel and no run lookup by key); "
         "`not run`: it applies, but no outcome was recorded (skipped, or its column's "
-        "deployment did not get to it).",
+        "deployment did not get to it, or no run covered it yet).",
         "",
     ]
-    for run in runs:
-        if run.get("missing"):
-            lines.append(f"- tests/deploy/{run['folder']}: no such folder (its cells: not run)")
-        else:
-            lines.append(
-                f"- tests/deploy/{run['folder']}: pytest exit {run['exit']}, "
-                f"{float(run['seconds']) / 60:.1f} min"
-            )
-    if runs:
-        lines.append("")
     failed = 0
     totals: dict[str, int] = {}
+    tables: list[str] = []
     for platform in platforms:
-        lines += [f"## {platform}", ""]
-        lines.append("| row | " + " | ".join(matrix.COLUMNS) + " |")
-        lines.append("|---|" + "---|" * len(matrix.COLUMNS))
-        for row in rows:
-            texts = [cell_text(outcomes, platform, row, c) for c in matrix.COLUMNS]
+        tables += [f"## {platform}", ""]
+        from_runs = sorted(
+            {c["run"] for k, c in cells.items() if k.split("/", 1)[0] == platform}, reverse=True
+        )
+        tables.append(
+            "From: "
+            + ("; ".join(run_text(runs[r]) for r in from_runs if r in runs) or "no run")
+            + "."
+        )
+        tables.append("")
+        tables.append("| row | " + " | ".join(matrix.COLUMNS) + " |")
+        tables.append("|---|" + "---|" * len(matrix.COLUMNS))
+        for row in matrix.ROWS:
+            texts = [cell_text(cells, platform, row, c) for c in matrix.COLUMNS]
             for text in texts:
                 totals[text] = totals.get(text, 0) + 1
             failed += texts.count("**FAIL**")
-            lines.append(f"| `{row.id}` | " + " | ".join(texts) + " |")
-        lines.append("")
+            tables.append(f"| `{row.id}` | " + " | ".join(texts) + " |")
+        tables.append("")
     summary = ", ".join(
         f"{totals.get(k, 0)} {k.strip('*')}" for k in ("pass", "**FAIL**", "not run", "n/a")
     )
-    first_table = lines.index(f"## {platforms[0]}") if platforms else len(lines)
-    lines[first_table:first_table] = [f"Totals: {summary}.", ""]
-    failures = [
-        c
-        for key, c in sorted(outcomes.items())
-        if c.get("outcome") == "fail" and key[0] in platforms
-    ]
+    lines += [f"Totals (over {', '.join(platforms) or 'no platform'}): {summary}.", ""]
+    lines += tables
     lines += ["## Failures", ""]
+    failures = [
+        (k.split("/"), c)
+        for k, c in sorted(cells.items())
+        if c.get("outcome") == "fail" and k.split("/", 1)[0] in platforms
+    ]
     if not failures:
         lines += ["None.", ""]
-    for cell in failures:
+    for (platform, row_id, column), cell in failures:
+        run = runs.get(str(cell.get("run")), {})
         lines += [
-            f"### {cell['platform']} / `{cell['row']}` / {cell['column']}",
+            f"### {platform} / `{row_id}` / {column}",
+            "",
+            f"Run: {run_text(run)}.",
             "",
             "```text",
             str(cell.get("detail") or "(no detail recorded)").strip()[-1500:],
@@ -223,7 +322,7 @@ def render(
             "",
         ]
     lines += ["## Rows", "", "| row | expected | quick | what happens |", "|---|---|---|---|"]
-    for row in rows:
+    for row in matrix.ROWS:
         expected: list[str] = [row.expect_task]
         if row.expect_launches is not None:
             expected.append(
@@ -249,8 +348,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--columns", default=",".join(FOLDERS), help="folders to run: airflow,prefect,dagster"
     )
-    parser.add_argument("--cells", type=Path, help="render this outcome file; run nothing")
+    parser.add_argument("--cells", type=Path, help="merge this outcome file; run nothing")
+    parser.add_argument(
+        "--render", action="store_true", help="render the kept outcomes again; run nothing"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "reliability.md")
+    parser.add_argument(
+        "--data", type=Path, help="the outcomes kept across runs (default: --out's .json)"
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="forget the kept outcomes of earlier runs"
+    )
+    parser.add_argument(
+        "--airflow-db",
+        choices=AIRFLOW_DBS,
+        default=os.environ.get("RUNBRIDGE_AIRFLOW_DB") or "postgres",
+        help="the Airflow deployment's database (default postgres, or RUNBRIDGE_AIRFLOW_DB)",
+    )
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
     args = parser.parse_args(argv)
 
@@ -263,39 +377,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [f for f in folders if f not in FOLDERS]
     if unknown:
         parser.error(f"unknown column folder(s) {unknown}; known: {', '.join(FOLDERS)}")
+    data_path: Path = args.data or args.out.with_suffix(".json")
+    data = {"runs": {}, "cells": {}} if args.fresh else load_data(data_path)
 
-    started = datetime.datetime.now(datetime.timezone.utc)
-    t0 = time.monotonic()
+    failed_here = 0
     runs: list[dict[str, Any]] = []
-    if args.cells is not None:
-        cells_path = args.cells
-        command = f"python3 tools/reliability.py --cells {args.cells}"
-    else:
-        cells_path = Path(tempfile.mkdtemp(prefix="runbridge-reliability-")) / "cells.jsonl"
-        via = (
-            "python3 dev.py reliability"
-            if os.environ.get("RUNBRIDGE_UV")
-            else "python3 tools/reliability.py"
-        )
-        command = via + (f" {shlex.join(sys.argv[1:])}" if argv is None and sys.argv[1:] else "")
-        runs = run_folders(folders, args.platforms, args.quick, cells_path, args.pytest_args)
-    cells = load_cells(cells_path)
-    minutes = None if args.cells is not None else (time.monotonic() - t0) / 60
-    text, failed = render(
-        cells,
-        platforms=platforms,
-        command=command,
-        started=started,
-        minutes=minutes,
-        runs=runs,
-        quick=args.quick,
-    )
+    if not args.render:
+        started = datetime.datetime.now(datetime.timezone.utc)
+        t0 = time.monotonic()
+        if args.cells is not None:
+            cells_path = args.cells
+            command = (
+                f"python3 tools/reliability.py {shlex.join(sys.argv[1:] if argv is None else argv)}"
+            )
+        else:
+            cells_path = Path(tempfile.mkdtemp(prefix="runbridge-reliability-")) / "cells.jsonl"
+            via = (
+                "python3 dev.py reliability"
+                if os.environ.get("RUNBRIDGE_UV")
+                else "python3 tools/reliability.py"
+            )
+            given = sys.argv[1:] if argv is None else list(argv)
+            command = via + (f" {shlex.join(given)}" if given else "")
+            runs = run_folders(
+                folders, args.platforms, args.quick, cells_path, args.pytest_args, args.airflow_db
+            )
+        cells = load_cells(cells_path)
+        run = {
+            "id": started.strftime("%Y%m%dT%H%M%S.%fZ"),
+            "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+            "minutes": None if args.cells is not None else (time.monotonic() - t0) / 60,
+            "command": command,
+            "commit": code_tested(),
+            "host": f"Python {host.python_version()} on {host.system()} {host.machine()}",
+            "rows": "quick" if args.quick else "all",
+            "platforms": platforms,
+            "columns": [c for f in folders for c in FOLDERS[f]],
+            "airflow_db": args.airflow_db if "airflow" in folders else None,
+            "folders": runs,
+        }
+        failed_here = sum(c.get("outcome") == "fail" for c in matrix.summary(cells).values())
+        data = merge(data, cells, run)
+        save_data(data_path, data)
+        print(f"reliability: {len(cells)} cell(s) recorded in {cells_path}; kept in {data_path}")
+    text, failed = render(data)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
-    print(f"reliability: {len(cells)} cell(s) recorded in {cells_path}; wrote {args.out}")
+    print(f"reliability: wrote {args.out}: {failed} failed cell(s) in all")
     broken = [r for r in runs if r.get("exit") not in (0, None)]
-    print(f"reliability: {failed} failed cell(s); pytest failed in {[r['folder'] for r in broken]}")
-    return 1 if failed or broken else 0
+    print(
+        f"reliability: this run: {failed_here} failed cell(s); pytest failed in "
+        f"{[r['folder'] for r in broken]}"
+    )
+    return 1 if failed_here or broken or (args.render and failed) else 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
   ``python -m runbridge emulate --platform P --port 0 --token T --quiet`` (it prints its URL),
   and killed at the end of the session.
 * ``control`` (function): the server's control, reset before the test.
+* one terminal summary of the deployment folders' sessions (tests/deploy/runner.py).
 * a report hook: a test marked ``@pytest.mark.matrix_cell(column)`` (the row taken from its
   ``row`` parameter) or ``matrix_cell(column, row_id)`` records its outcome with
   :func:`matrix.record` (``pass``/``fail``/``skip``).
@@ -32,7 +33,8 @@ from typing import Any
 import pytest
 
 from runbridge.testing import EmulatorControl
-from tests.deploy import matrix
+from tests.deploy import matrix, runner
+from tests.deploy.processes import popen
 
 URL_LINE = re.compile(r"emulator listening on (http://\S+)")
 START_TIMEOUT = 30.0
@@ -66,13 +68,9 @@ class EmulatorServer:
                 self.process.wait(timeout=5)
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # the pytest process may ignore SIGINT
-
-
 def start_emulator(platform: str, directory: Path, *extra: str) -> EmulatorServer:
     """Start ``runbridge emulate`` for ``platform`` and wait for its URL line (killed on any
-    failure to start)."""
+    failure to start, and when the pytest process dies: tests/deploy/processes.py)."""
     token = "matrix-" + secrets.token_hex(12)
     # a name of its own: emulators started at once in one directory must not read each
     # other's URL line (and token)
@@ -80,13 +78,12 @@ def start_emulator(platform: str, directory: Path, *extra: str) -> EmulatorServe
     command = [sys.executable, "-m", "runbridge", "emulate", "--platform", platform]
     command += ["--port", "0", "--token", token, "--quiet", *extra]
     with log.open("wb") as out:
-        process = subprocess.Popen(
+        process = popen(
             command,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_default_sigint,
         )
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -161,6 +158,11 @@ def control(emulator_server: EmulatorServer) -> EmulatorControl:
     """The emulator's control API, reset for this test (runs, scripts, faults, requests)."""
     emulator_server.control.reset()
     return emulator_server.control
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in runner.summary_lines(runner.SESSIONS):
+        terminalreporter.write_line(line)
 
 
 # -- recording cells --------------------------------------------------------------------------

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -184,3 +187,278 @@ def test_cells_are_recorded_and_rendered(tmp_path: Path) -> None:
     lume = text.split("## lume", 1)[1].split("## Failures", 1)[0]
     assert "| `run_timeout` | n/a | n/a | n/a | n/a | n/a | n/a | n/a |" in lume
     assert "### rest / `failure` / prefect-task" in text and "the scripted failure" in text
+
+
+def _reliability(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(root / "tools" / "reliability.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _section(text: str, platform: str) -> str:
+    return text.split(f"## {platform}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_runs_of_some_platforms_update_one_document(tmp_path: Path) -> None:
+    """tools/reliability.py keeps each cell's outcome and run in a JSON beside the document: a
+    run of one platform or one column folder replaces only its cells; every section and
+    failure names its run (date, code, Airflow database); the totals cover all platforms."""
+    root = Path(__file__).resolve().parents[2]
+    out, data = tmp_path / "reliability.md", tmp_path / "reliability.json"
+    first = tmp_path / "first.jsonl"
+    first.write_text(
+        "\n".join(
+            json.dumps({"column": c, "row": "success", "platform": "rest", "outcome": "pass"})
+            for c in matrix.COLUMNS
+        )
+        + "\n"
+        + json.dumps(
+            {
+                "column": "dagster-op",
+                "row": "failure",
+                "platform": "rest",
+                "outcome": "fail",
+                "detail": "rest's own failure 51c",
+            }
+        )
+    )
+    done = _reliability(
+        root, "--cells", str(first), "--platforms", "rest", "--out", str(out), "--quick"
+    )
+    assert done.returncode == 1, done.stdout + done.stderr  # its failed cell
+    kept = json.loads(data.read_text())
+    (first_run,) = kept["runs"].values()
+    assert first_run["airflow_db"] == "postgres" and first_run["platforms"] == ["rest"]
+
+    second = tmp_path / "second.jsonl"
+    second.write_text(
+        json.dumps(
+            {"column": "prefect-task", "row": "success", "platform": "vi", "outcome": "pass"}
+        )
+    )
+    done = _reliability(
+        root,
+        "--cells",
+        str(second),
+        "--platforms",
+        "vi",
+        "--columns",
+        "prefect",
+        "--airflow-db",
+        "sqlite",
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = out.read_text()
+    rest, vi = _section(text, "rest"), _section(text, "vi")
+    assert "| `success` | pass | pass | pass | pass | pass | pass | pass |" in rest
+    assert "| `failure` | not run | not run | not run | not run | not run | **FAIL** |" in rest
+    assert "| `success` | not run | not run | not run | pass | not run | not run | not run |" in vi
+    assert "Airflow on PostgreSQL" in rest and "no Airflow column" in vi
+    assert "Totals (over rest, vi): 8 pass, 1 FAIL," in text
+    failure = text.split("### rest / `failure` / dagster-op", 1)[1]
+    assert failure.lstrip().startswith("Run: ") and "Airflow on PostgreSQL" in failure
+    assert "rest's own failure 51c" in failure
+
+    third = tmp_path / "third.jsonl"  # rest's dagster columns again: its failure is fixed
+    third.write_text(
+        json.dumps(
+            {"column": "dagster-op", "row": "failure", "platform": "rest", "outcome": "pass"}
+        )
+    )
+    done = _reliability(
+        root,
+        "--cells",
+        str(third),
+        "--platforms",
+        "rest",
+        "--columns",
+        "dagster",
+        "--quick",
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = out.read_text()
+    rest = _section(text, "rest")
+    # dagster-op/success was in the third run's scope and not recorded by it: not run now
+    assert "| `success` | pass | pass | pass | pass | pass | not run | not run |" in rest
+    assert "| `failure` | not run | not run | not run | not run | not run | pass |" in rest
+    assert "## Failures\n\nNone." in text
+    assert len(json.loads(data.read_text())["runs"]) == 3
+    render = _reliability(root, "--render", "--out", str(out))
+    assert render.returncode == 0 and out.read_text() == text
+
+
+# -- the shared runner -------------------------------------------------------------------------
+def test_cell_params_one_parametrization(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.deploy import runner
+
+    monkeypatch.setenv("RUNBRIDGE_MATRIX_PLATFORMS", "rest,lume")
+    monkeypatch.delenv("RUNBRIDGE_MATRIX", raising=False)
+    params = runner.cell_params(
+        matrix.PREFECT,
+        timeout=77,
+        skip={("prefect-job", "success"): "why not"},
+        known_defects={("prefect-task", "failure"): "a defect"},
+    )
+    ids = [p.id for p in params]
+    assert ids[0] == "prefect-task-success-rest"
+    assert "prefect-task-platform_cancel-lume" not in ids  # lume cannot cancel: n/a
+    assert "prefect-task-success-lume" in ids
+    assert not any("worker_sigkill" in i for i in ids)  # not a quick row
+    by_id = {p.id: p for p in params}
+    marks = {m.name: m for m in by_id["prefect-job-success-rest"].marks}
+    assert marks["matrix_cell"].args == ("prefect-job", "success")
+    assert marks["timeout"].args == (77,) and marks["skip"].kwargs["reason"] == "why not"
+    assert by_id["prefect-task-failure-rest"].marks[-1].kwargs == {
+        "strict": True,
+        "reason": "a defect",
+    }
+    rows_first = [p.id for p in runner.cell_params(matrix.PREFECT, rows_first=True)]
+    assert rows_first[:3] == [
+        "prefect-task-success-rest",
+        "prefect-task-success-lume",
+        "prefect-job-success-rest",
+    ]
+    assert sorted(rows_first) == sorted(ids)
+
+
+@dataclasses.dataclass
+class _Outcome:
+    cell: matrix.Cell
+    problems: list[str]
+    crashed: str | None = None
+    seconds: float = 1.5
+
+    def describe(self) -> str:
+        return f"{self.cell.id}: described"
+
+
+class _Runner:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def result(self, cell: matrix.Cell) -> _Outcome:
+        return _Outcome(cell, ["2 launches, expected 1"] if cell.row.id == "failure" else [])
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_session_checks_times_and_cleans_up(tmp_path: Path) -> None:
+    from tests.deploy import runner
+
+    root = tmp_path / "deployment"
+    root.mkdir()
+    stopped: list[str] = []
+    with runner.session("demo", "RUNBRIDGE_DEMO_KEEP_UNSET", root) as session:
+        session.cleanup.callback(stopped.append, "emulators")
+        session.cleanup.callback(stopped.append, "deployment")
+        session.stage("deployment started", 2.0)
+        session.runner = fake = _Runner()
+        session.check(matrix.Cell("prefect-task", matrix.row("success"), "rest"))
+        with pytest.raises(AssertionError, match=r"(?s)described.*- 2 launches, expected 1"):
+            session.check(matrix.Cell("prefect-task", matrix.row("failure"), "rest"))
+    runner.SESSIONS.remove(session)  # not this session's deployment: no terminal summary
+    assert fake.closed and stopped == ["deployment", "emulators"] and not root.exists()
+    lines = runner.summary_lines([session])
+    assert lines[0].startswith("demo matrix: deployment started 2.0 s; session ")
+    assert lines[1:] == [
+        "  prefect-task/success/rest: 1.5 s pass",
+        "  prefect-task/failure/rest: 1.5 s FAIL",
+    ]
+
+
+def test_emulators_per_platform() -> None:
+    from tests.deploy import runner
+
+    cells = [
+        matrix.Cell("prefect-task", matrix.row(r), p)
+        for r, p in [("success", "rest"), ("failure", "rest"), ("flow_restart", "vi")]
+        + [("success", "lume")] * 5
+    ]
+    assert runner.emulators_per_platform(cells) == {"rest": 2, "vi": 1, "lume": 5}
+    assert runner.emulators_per_platform(cells, at_most=3, leave_out={"flow_restart"}) == {
+        "rest": 2,
+        "vi": 1,
+        "lume": 3,
+    }
+    assert runner.emulators_per_platform([]) == {"rest": 1}
+
+
+# -- orphans -----------------------------------------------------------------------------------
+PARENT = """
+import sys, threading, time
+from pathlib import Path
+from tests.deploy.conftest import start_emulator
+
+def start():  # from a thread that ends at once, as the cells' pools do
+    server = start_emulator("rest", Path(sys.argv[1]))
+    print(server.process.pid, flush=True)
+
+thread = threading.Thread(target=start)
+thread.start()
+thread.join()
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
+def test_an_emulator_dies_with_its_sigkilled_session(tmp_path: Path) -> None:
+    """A pytest-like parent starts an emulator (from a short-lived thread) and is SIGKILLed:
+    no teardown runs, and the emulator is gone all the same."""
+    import psutil
+
+    root = Path(__file__).resolve().parents[2]
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(tmp_path)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        emulator = psutil.Process(int(parent.stdout.readline()))
+        time.sleep(1.0)  # the thread that started it has ended: the emulator lives on
+        assert emulator.is_running() and emulator.status() != psutil.STATUS_ZOMBIE
+        assert "emulate" in " ".join(emulator.cmdline())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        gone, alive = psutil.wait_procs([emulator], timeout=10)
+        assert gone and not alive, f"the emulator outlived its parent: {alive}"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+def test_a_throwaway_postgres_cluster() -> None:
+    """The Airflow deployment's PostgreSQL: started in a temp dir, reachable at its URL, stopped
+    and deleted at the end; a cluster whose session is gone is swept by the next one."""
+    from tests.deploy import postgres
+
+    if postgres.find_bin() is None:
+        pytest.skip("PostgreSQL is not installed (see tests/deploy/postgres.py)")
+    psycopg2 = pytest.importorskip("psycopg2")
+    with postgres.cluster() as cluster:
+        assert cluster.url.startswith("postgresql+psycopg2://postgres@127.0.0.1:")
+        conn = psycopg2.connect(host="127.0.0.1", port=cluster.port, user="postgres")
+        try:
+            cur = conn.cursor()
+            cur.execute("select 41 + 1")
+            assert cur.fetchone() == (42,)
+        finally:
+            conn.close()
+        directory, server = cluster.directory, cluster.process
+        (directory / "session.pid").write_text("999999999")  # as if its session were gone
+        assert directory in postgres.sweep(directory.parent)
+        assert server.wait(30) is not None
+    assert not directory.exists()

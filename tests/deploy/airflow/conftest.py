@@ -3,10 +3,14 @@
 ``airflow_cells`` starts a pool of emulator processes (``runbridge emulate``, one Airflow
 connection each), then a real Airflow deployment (tests/deploy/airflow/deployment.py) whose
 processes get those connections as ``AIRFLOW_CONN_...`` variables and whose dags folder holds
-dags/runbridge_matrix.py, and hands the tests a :class:`~tests.deploy.airflow.cells.CellRunner`.
-Everything it started is stopped at the end of the session, also when a test fails. The
-pytest process never imports Airflow.
+dags/runbridge_matrix.py, and yields a :class:`tests.deploy.runner.Session` whose runner is a
+:class:`~tests.deploy.airflow.cells.CellRunner`. Everything it started is stopped at the end of
+the session, also when a test fails. The pytest process never imports Airflow.
 
+``RUNBRIDGE_AIRFLOW_DB`` picks the deployment's database: ``sqlite`` (the default: the quick
+rows measured faster on it, see docs/testing.md) or ``postgres`` (a throwaway cluster started
+for the session, tests/deploy/postgres.py; what ``tools/reliability.py`` uses for the full
+matrix: SQLite's "database is locked" once killed the triggerer under 200 tasks).
 ``RUNBRIDGE_AIRFLOW_CONCURRENCY`` (default 12) bounds how many cells run at once (and so the
 emulators per platform); ``RUNBRIDGE_AIRFLOW_KEEP=1`` keeps the deployment's directory (logs,
 database) after the session.
@@ -20,10 +24,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.deploy import postgres, runner
 from tests.deploy.airflow.cells import CellRunner, EmulatorPool, selected_cells
 from tests.deploy.airflow.deployment import AirflowDeployment
 
@@ -33,66 +37,52 @@ DAG_IDS = [
     for kind in ("operator", "deferrable", "sensor")
     for suffix in ("", "_retry")
 ]
+BACKENDS = ("sqlite", "postgres")
+DEFAULT_BACKEND = "sqlite"
 
-TIMINGS: dict[str, Any] = {}
-"""What the session measured, for the terminal summary."""
+
+def backend() -> str:
+    """``RUNBRIDGE_AIRFLOW_DB``: ``sqlite`` (default) or ``postgres``."""
+    chosen = os.environ.get("RUNBRIDGE_AIRFLOW_DB", "").strip().lower() or DEFAULT_BACKEND
+    if chosen not in BACKENDS:
+        raise pytest.UsageError(
+            f"RUNBRIDGE_AIRFLOW_DB={chosen!r}: expected one of {', '.join(BACKENDS)}"
+        )
+    return chosen
 
 
 @pytest.fixture(scope="session")
-def airflow_cells(request: pytest.FixtureRequest) -> Iterator[CellRunner]:
-    began = time.monotonic()
+def airflow_cells(request: pytest.FixtureRequest) -> Iterator[runner.Session]:
     cells = selected_cells(request.session.items)
     concurrency = int(os.environ.get("RUNBRIDGE_AIRFLOW_CONCURRENCY", "12"))
-    per_platform: dict[str, int] = {}
-    for cell in cells:
-        per_platform[cell.platform] = per_platform.get(cell.platform, 0) + 1
+    chosen = backend()
+    counts = runner.emulators_per_platform(cells)
     # emulators per platform: enough for its share of the cells running at once (the cells
     # are submitted with the platforms interleaved), never more than it has cells
-    share = max(2, -(-concurrency // max(1, len(per_platform))) + 1)
-    size = max(1, min(share, max(per_platform.values(), default=1)))
+    share = max(2, -(-concurrency // len(counts)) + 1)
+    size = max(1, min(share, max(counts.values())))
     root = Path(tempfile.mkdtemp(prefix="runbridge-deploy-airflow-"))
-    pool: EmulatorPool | None = None
-    deployment: AirflowDeployment | None = None
-    runner: CellRunner | None = None
-    try:
-        pool = EmulatorPool(sorted(per_platform) or ["rest"], size)
-        deployment = AirflowDeployment(root, connections=pool.connections())
+    with runner.session("airflow", "RUNBRIDGE_AIRFLOW_KEEP", root) as session:
+        session.notes.append(f"database: {chosen}")
+        database = None
+        if chosen == "postgres":
+            try:
+                cluster = session.cleanup.enter_context(postgres.cluster())
+            except postgres.PostgresUnavailable as exc:
+                pytest.skip(f"RUNBRIDGE_AIRFLOW_DB=postgres: {exc}")
+            database = cluster.url
+            session.stage("postgres started")
+        pool = EmulatorPool(sorted(counts), size)
+        session.cleanup.callback(pool.stop)
+        deployment = AirflowDeployment(root, connections=pool.connections(), database=database)
+        session.cleanup.callback(deployment.stop)
         deployment.dags.mkdir(parents=True)
         shutil.copy(DAG_FILE, deployment.dags)
         deployment.start()
         deployment.wait_healthy(time.monotonic() + 120, DAG_IDS)
-        TIMINGS["deployment"] = deployment.started_in
-        TIMINGS["ready"] = time.monotonic() - began
-        runner = CellRunner(deployment, pool, concurrency=concurrency)
-        runner.submit_all(cells)
-        yield runner
-    finally:
-        if runner is not None:
-            runner.close()
-            TIMINGS["cells"] = [
-                (r.cell.id, r.seconds, not r.problems and not r.crashed) for r in runner.results
-            ]
-        if deployment is not None:
-            deployment.stop()
-        if pool is not None:
-            pool.stop()
-        TIMINGS["total"] = time.monotonic() - began
-        if os.environ.get("RUNBRIDGE_AIRFLOW_KEEP"):
-            TIMINGS["kept"] = str(root)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not TIMINGS:
-        return
-    write = terminalreporter.write_line
-    write(
-        f"airflow matrix: deployment started in {TIMINGS.get('deployment', 0):.1f} s "
-        f"(ready with emulators and DAGs in {TIMINGS.get('ready', 0):.1f} s); "
-        f"session fixture total {TIMINGS.get('total', 0):.1f} s"
-    )
-    for cell_id, seconds, passed in TIMINGS.get("cells", []):
-        write(f"  {cell_id}: {seconds:.1f} s {'pass' if passed else 'FAIL'}")
-    if "kept" in TIMINGS:
-        write(f"  kept: {TIMINGS['kept']}")
+        session.stage("deployment started", deployment.started_in)
+        session.stage("ready with emulators and DAGs")
+        cell_runner = CellRunner(deployment, pool, concurrency=concurrency)
+        session.runner = cell_runner
+        cell_runner.submit_all(cells)
+        yield session

@@ -4,7 +4,8 @@
 this checkout's interpreter: ``airflow scheduler`` (LocalExecutor: SQLite is accepted by 3.3
 for it), ``airflow triggerer``, ``airflow dag-processor`` and ``airflow api-server`` on a port
 chosen by the OS, all with ``AIRFLOW_HOME``, ``HOME``, the dags folder and the SQLite database
-in one temporary directory. The pytest process never imports Airflow: it drives the
+in one temporary directory (or a PostgreSQL database: ``database``, tests/deploy/postgres.py).
+Each process gets SIGTERM if the pytest process dies (tests/deploy/processes.py). The pytest process never imports Airflow: it drives the
 deployment through the api-server's public REST API (``/api/v2``) with a JWT from the simple
 auth manager (``GET /auth/token``, which 3.3 serves when ``simple_auth_manager_all_admins``
 is on), and through signals to the processes it started.
@@ -32,6 +33,8 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+
+from tests.deploy.processes import popen
 
 VENV_BIN = Path(sys.executable).parent
 AIRFLOW = str(VENV_BIN / "airflow")
@@ -123,11 +126,13 @@ class Process:
 
 @dataclass
 class AirflowDeployment:
-    """Scheduler, triggerer, dag-processor and api-server over one SQLite database."""
+    """Scheduler, triggerer, dag-processor and api-server over one database: SQLite in
+    ``root`` unless ``database`` is given (a SQLAlchemy URL, e.g. tests/deploy/postgres.py's)."""
 
     root: Path
     connections: Mapping[str, str] = field(default_factory=dict)
     """``AIRFLOW_CONN_<ID>`` values (JSON), set in every process's environment."""
+    database: str | None = None
     parallelism: int = 24
     processes: dict[str, Process] = field(default_factory=dict)
     started_in: float = 0.0
@@ -175,11 +180,7 @@ class AirflowDeployment:
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
-                # SQLite allows one writer at a time: wait for the lock (sqlite3's default is
-                # 5 s, which a busy 2-core machine exceeds: "database is locked")
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "rb_sqlite_args.SYNC",
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "rb_sqlite_args.ASYNC",
+                **self._database_env(),
                 "PYTHONPATH": os.pathsep.join(
                     p for p in (str(self.root / "pylib"), os.environ.get("PYTHONPATH")) if p
                 ),
@@ -208,6 +209,22 @@ class AirflowDeployment:
         base.update(extra)
         return base
 
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or the database URL's dialect (``postgresql``)."""
+        return (self.database or "sqlite").split(":", 1)[0].split("+", 1)[0]
+
+    def _database_env(self) -> dict[str, str]:
+        if self.database:  # Airflow derives the async URL (postgresql+asyncpg) from this one
+            return {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database}
+        return {
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+            # SQLite allows one writer at a time: wait for the lock (sqlite3's default is
+            # 5 s, which a busy 2-core machine exceeds: "database is locked")
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "rb_sqlite_args.SYNC",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "rb_sqlite_args.ASYNC",
+        }
+
     def _log_port(self, what: str) -> int:
         if what not in self._log_ports:
             self._log_ports[what] = free_port()
@@ -217,8 +234,10 @@ class AirflowDeployment:
         log = self.root / "logs" / f"{name}.log"
         log.parent.mkdir(exist_ok=True)
         with log.open("ab") as out:
-            popen = subprocess.Popen(
+            # SIGTERM when the pytest process dies: the process stops its own children
+            child = popen(
                 airflow_command(*args),
+                death_signal=signal.SIGTERM,
                 env=self.env(**env),
                 cwd=self.root,
                 stdin=subprocess.DEVNULL,
@@ -226,7 +245,7 @@ class AirflowDeployment:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        process = Process(name, popen, log)
+        process = Process(name, child, log)
         self.processes[name] = process
         return process
 

@@ -37,6 +37,8 @@ from typing import Any
 
 import httpx
 
+from tests.deploy.processes import popen
+
 DEFS_FILE = Path(__file__).with_name("deploy_defs.py")
 LOCATION = "runbridge_deploy"
 REPOSITORY = "__repository__"
@@ -87,10 +89,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @dataclass
@@ -182,14 +180,16 @@ class DagsterDeployment:
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         try:
-            self.processes[name] = subprocess.Popen(
-                argv,
-                env=self.env,
-                cwd=self.root,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_default_sigint,
+            self.processes[name] = (
+                popen(  # SIGINT at its default; SIGTERM when the pytest process dies
+                    argv,
+                    env=self.env,
+                    cwd=self.root,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    death_signal=signal.SIGTERM,
+                )
             )
         finally:
             log.close()

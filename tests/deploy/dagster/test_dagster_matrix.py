@@ -1,7 +1,7 @@
 """The two Dagster columns of the reliability matrix (issue 14), in a real deployment.
 
-One test per (column, row, platform) that applies (tests/deploy/matrix.py: ``quick`` rows by
-default, every row with ``RUNBRIDGE_MATRIX=full``; platforms from
+One test per (column, row, platform) that applies (tests/deploy/runner.py's ``cell_params``:
+``quick`` rows by default, every row with ``RUNBRIDGE_MATRIX=full``; platforms from
 ``RUNBRIDGE_MATRIX_PLATFORMS``): ``dagster-op`` (a job with the runbridge op and resource) and
 ``dagster-asset`` (an asset job). The cells run concurrently in the session's
 :class:`~tests.deploy.dagster.cells.CellRunner`; each test waits for its own and asserts that it
@@ -10,13 +10,10 @@ matched the row (``matrix.check``) and that the token showed in no Dagster event
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 
-from tests.deploy import matrix
-from tests.deploy.dagster.cells import REEXECUTED, Cell, CellRunner
+from tests.deploy import matrix, runner
+from tests.deploy.dagster.cells import REEXECUTED, Cell
 
 TIMEOUT = 1200
 """pytest-timeout per test: the first one waits for the deployment to start and for its cell,
@@ -26,29 +23,14 @@ KNOWN_DEFECTS: dict[tuple[str, str], str] = {}
 """(column, row) -> reason: cells that fail for a known, reported defect (strict xfail)."""
 
 
-def _cells() -> Iterator[Any]:
-    for row in matrix.rows_for("dagster-op"):
-        for column in matrix.DAGSTER:
-            for platform in matrix.platforms():
-                if not matrix.applies(row, column, platform):
-                    continue
-                marks = [pytest.mark.matrix_cell(column, row.id)]
-                reason = KNOWN_DEFECTS.get((column, row.id))
-                if reason:
-                    marks.append(pytest.mark.xfail(strict=True, reason=reason))
-                yield pytest.param(
-                    column, row, platform, id=f"{column}-{row.id}-{platform}", marks=marks
-                )
-
-
-@pytest.mark.timeout(TIMEOUT)
-@pytest.mark.parametrize(("column", "row", "platform"), list(_cells()))
-def test_cell(column: str, row: matrix.Row, platform: str, dagster_cells: CellRunner) -> None:
-    result = dagster_cells.result(Cell(column, row, platform))
-    assert result.crashed is None, f"{result.describe()}\ncould not run: {result.crashed}"
-    assert not result.problems, f"{result.describe()}\n" + "\n".join(
-        f"- {p}" for p in result.problems
-    )
+@pytest.mark.parametrize(
+    ("column", "row", "platform"),
+    runner.cell_params(
+        matrix.DAGSTER, timeout=TIMEOUT, known_defects=KNOWN_DEFECTS, rows_first=True
+    ),
+)
+def test_cell(column: str, row: matrix.Row, platform: str, dagster_cells: runner.Session) -> None:
+    dagster_cells.check(Cell(column, row, platform))
 
 
 REEXECUTION = matrix.Row(
@@ -73,10 +55,6 @@ re-execution, through GraphQL's ``launchRunReexecution`` as the UI's button does
 @pytest.mark.parametrize("column", matrix.DAGSTER)
 @pytest.mark.parametrize("row", [REEXECUTION], ids=[REEXECUTED])
 def test_reexecution_from_failure_reattaches(
-    column: str, row: matrix.Row, platform: str, dagster_cells: CellRunner
+    column: str, row: matrix.Row, platform: str, dagster_cells: runner.Session
 ) -> None:
-    result = dagster_cells.result(Cell(column, row, platform))
-    assert result.crashed is None, f"{result.describe()}\ncould not run: {result.crashed}"
-    assert not result.problems, f"{result.describe()}\n" + "\n".join(
-        f"- {p}" for p in result.problems
-    )
+    dagster_cells.check(Cell(column, row, platform))

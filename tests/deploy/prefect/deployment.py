@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 
+from tests.deploy.processes import popen
+
 FLOWS_DIR = Path(__file__).resolve().parent
 POOL = "rb-matrix"
 FLOWS = {"prefect-task": "matrix_task", "prefect-job": "matrix_job"}
@@ -34,11 +36,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _default_sigint() -> None:
-    # some orchestrators leave SIGINT ignored in the pytest process; children must not inherit it
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def prefect_env(root: Path, api_url: str) -> dict[str, str]:
@@ -81,14 +78,14 @@ class PrefectDeployment:
     def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = (self.root / f"{name}.log").open("ab")
         try:
-            return subprocess.Popen(
+            return popen(  # SIGINT at its default; SIGTERM when the pytest process dies
                 [sys.executable, "-m", "prefect", *args],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_default_sigint,
+                death_signal=signal.SIGTERM,
             )
         finally:
             log.close()
