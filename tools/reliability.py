@@ -425,10 +425,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.write_text(text, encoding="utf-8")
     print(f"reliability: wrote {args.out}: {failed} failed cell(s) in all")
     broken = [r for r in runs if r.get("exit") not in (0, None)]
-    print(
-        f"reliability: this run: {failed_here} failed cell(s); pytest failed in "
-        f"{[r['folder'] for r in broken]}"
-    )
+    if not args.render:
+        print(
+            f"reliability: this run: {failed_here} failed cell(s); pytest failed in "
+            f"{[r['folder'] for r in broken]}"
+        )
     return 1 if failed_here or broken or (args.render and failed) else 0
 
 

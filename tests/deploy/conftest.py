@@ -34,7 +34,7 @@ import pytest
 
 from runbridge.testing import EmulatorControl
 from tests.deploy import matrix, runner
-from tests.deploy.processes import popen
+from tests.deploy.processes import spawn
 
 URL_LINE = re.compile(r"emulator listening on (http://\S+)")
 START_TIMEOUT = 30.0
@@ -77,14 +77,7 @@ def start_emulator(platform: str, directory: Path, *extra: str) -> EmulatorServe
     log = directory / f"emulate-{platform}-{secrets.token_hex(4)}.log"
     command = [sys.executable, "-m", "runbridge", "emulate", "--platform", platform]
     command += ["--port", "0", "--token", token, "--quiet", *extra]
-    with log.open("wb") as out:
-        process = popen(
-            command,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    process = spawn(command, log, append=False)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:

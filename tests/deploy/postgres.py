@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.deploy.processes import popen
+from tests.deploy.processes import spawn
 
 __all__ = ["Cluster", "PostgresUnavailable", "cluster", "find_bin"]
 
@@ -220,20 +220,11 @@ def cluster(start_timeout: float = 120.0) -> Iterator[Cluster]:
         argv += ["-k", str(directory)]
         for name, value in SETTINGS.items():
             argv += ["-c", f"{name}={value}"]
-        log = directory / "postgres.log"
-        with log.open("wb") as out:
-            if owner:
-                shutil.chown(log, user=owner)
-            # runuser stays the child's parent and passes a SIGTERM on: its death signal is
-            # what stops the server when the session is SIGKILLed
-            process = popen(
-                _as_owner(owner, argv),
-                death_signal=signal.SIGTERM,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        # runuser stays the child's parent and passes a SIGTERM on: its death signal is what
+        # stops the server when the session is SIGKILLed
+        process = spawn(
+            _as_owner(owner, argv), directory / "postgres.log", death_signal=signal.SIGTERM
+        )
         running = Cluster(directory, port, bin_dir, process)
         _wait_ready(running, time.monotonic() + start_timeout)
         yield running

@@ -25,9 +25,10 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
-__all__ = ["PR_SET_PDEATHSIG", "death_signal_supported", "popen"]
+__all__ = ["PR_SET_PDEATHSIG", "death_signal_supported", "popen", "spawn"]
 
 PR_SET_PDEATHSIG = 1
 """linux/prctl.h."""
@@ -89,3 +90,25 @@ def popen(
         return subprocess.Popen(list(argv), preexec_fn=preexec, **kwargs)
 
     return _SPAWNER.submit(start).result()
+
+
+def spawn(
+    argv: Sequence[str],
+    log: Path,
+    *,
+    death_signal: int = signal.SIGKILL,
+    append: bool = True,
+    **kwargs: Any,
+) -> subprocess.Popen[bytes]:
+    """:func:`popen` of a process in its own session (process group, to be stopped with its
+    children by group id), stdin from /dev/null, stdout and stderr to ``log``."""
+    with log.open("ab" if append else "wb") as out:
+        return popen(
+            argv,
+            death_signal=death_signal,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **kwargs,
+        )

@@ -189,9 +189,24 @@ def test_cells_are_recorded_and_rendered(tmp_path: Path) -> None:
     assert "### rest / `failure` / prefect-task" in text and "the scripted failure" in text
 
 
-def _reliability(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _merge(
+    out: Path, cells: list[tuple[str, str, str, str]], *args: str
+) -> subprocess.CompletedProcess[str]:
+    """tools/reliability.py merging these (column, row, platform, outcome) cells into ``out``."""
+    root = Path(__file__).resolve().parents[2]
+    recorded = out.with_name(f"cells-{len(list(out.parent.glob('cells-*')))}.jsonl")
+    recorded.write_text(
+        "".join(
+            json.dumps(
+                {"column": c, "row": r, "platform": p, "outcome": o, "detail": f"{r} detail 51c"}
+            )
+            + "\n"
+            for c, r, p, o in cells
+        )
+    )
     return subprocess.run(
-        [sys.executable, str(root / "tools" / "reliability.py"), *args],
+        [sys.executable, str(root / "tools" / "reliability.py"), "--out", str(out), *args]
+        + (["--cells", str(recorded)] if cells else []),
         capture_output=True,
         text=True,
         timeout=120,
@@ -207,51 +222,17 @@ def test_runs_of_some_platforms_update_one_document(tmp_path: Path) -> None:
     """tools/reliability.py keeps each cell's outcome and run in a JSON beside the document: a
     run of one platform or one column folder replaces only its cells; every section and
     failure names its run (date, code, Airflow database); the totals cover all platforms."""
-    root = Path(__file__).resolve().parents[2]
     out, data = tmp_path / "reliability.md", tmp_path / "reliability.json"
-    first = tmp_path / "first.jsonl"
-    first.write_text(
-        "\n".join(
-            json.dumps({"column": c, "row": "success", "platform": "rest", "outcome": "pass"})
-            for c in matrix.COLUMNS
-        )
-        + "\n"
-        + json.dumps(
-            {
-                "column": "dagster-op",
-                "row": "failure",
-                "platform": "rest",
-                "outcome": "fail",
-                "detail": "rest's own failure 51c",
-            }
-        )
-    )
-    done = _reliability(
-        root, "--cells", str(first), "--platforms", "rest", "--out", str(out), "--quick"
-    )
+    first = [(c, "success", "rest", "pass") for c in matrix.COLUMNS]
+    failed = ("dagster-op", "failure", "rest", "fail")
+    done = _merge(out, [*first, failed], "--platforms", "rest", "--quick")
     assert done.returncode == 1, done.stdout + done.stderr  # its failed cell
-    kept = json.loads(data.read_text())
-    (first_run,) = kept["runs"].values()
+    (first_run,) = json.loads(data.read_text())["runs"].values()
     assert first_run["airflow_db"] == "postgres" and first_run["platforms"] == ["rest"]
 
-    second = tmp_path / "second.jsonl"
-    second.write_text(
-        json.dumps(
-            {"column": "prefect-task", "row": "success", "platform": "vi", "outcome": "pass"}
-        )
-    )
-    done = _reliability(
-        root,
-        "--cells",
-        str(second),
-        "--platforms",
-        "vi",
-        "--columns",
-        "prefect",
-        "--airflow-db",
-        "sqlite",
-        "--out",
-        str(out),
+    second = [("prefect-task", "success", "vi", "pass")]
+    done = _merge(
+        out, second, "--platforms", "vi", "--columns", "prefect", "--airflow-db", "sqlite"
     )
     assert done.returncode == 0, done.stdout + done.stderr
     text = out.read_text()
@@ -263,26 +244,11 @@ def test_runs_of_some_platforms_update_one_document(tmp_path: Path) -> None:
     assert "Totals (over rest, vi): 8 pass, 1 FAIL," in text
     failure = text.split("### rest / `failure` / dagster-op", 1)[1]
     assert failure.lstrip().startswith("Run: ") and "Airflow on PostgreSQL" in failure
-    assert "rest's own failure 51c" in failure
+    assert "failure detail 51c" in failure
 
-    third = tmp_path / "third.jsonl"  # rest's dagster columns again: its failure is fixed
-    third.write_text(
-        json.dumps(
-            {"column": "dagster-op", "row": "failure", "platform": "rest", "outcome": "pass"}
-        )
-    )
-    done = _reliability(
-        root,
-        "--cells",
-        str(third),
-        "--platforms",
-        "rest",
-        "--columns",
-        "dagster",
-        "--quick",
-        "--out",
-        str(out),
-    )
+    # rest's dagster columns again: its failure is fixed
+    third = [("dagster-op", "failure", "rest", "pass")]
+    done = _merge(out, third, "--platforms", "rest", "--columns", "dagster", "--quick")
     assert done.returncode == 0, done.stdout + done.stderr
     text = out.read_text()
     rest = _section(text, "rest")
@@ -291,7 +257,7 @@ def test_runs_of_some_platforms_update_one_document(tmp_path: Path) -> None:
     assert "| `failure` | not run | not run | not run | not run | not run | pass |" in rest
     assert "## Failures\n\nNone." in text
     assert len(json.loads(data.read_text())["runs"]) == 3
-    render = _reliability(root, "--render", "--out", str(out))
+    render = _merge(out, [], "--render")
     assert render.returncode == 0 and out.read_text() == text
 
 

@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 import httpx
 
-from tests.deploy.processes import popen
+from tests.deploy.processes import spawn
 
 VENV_BIN = Path(sys.executable).parent
 AIRFLOW = str(VENV_BIN / "airflow")
@@ -233,18 +233,14 @@ class AirflowDeployment:
     def spawn(self, name: str, *args: str, **env: str) -> Process:
         log = self.root / "logs" / f"{name}.log"
         log.parent.mkdir(exist_ok=True)
-        with log.open("ab") as out:
-            # SIGTERM when the pytest process dies: the process stops its own children
-            child = popen(
-                airflow_command(*args),
-                death_signal=signal.SIGTERM,
-                env=self.env(**env),
-                cwd=self.root,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        # SIGTERM when the pytest process dies: the process stops its own children
+        child = spawn(
+            airflow_command(*args),
+            log,
+            death_signal=signal.SIGTERM,
+            env=self.env(**env),
+            cwd=self.root,
+        )
         process = Process(name, child, log)
         self.processes[name] = process
         return process

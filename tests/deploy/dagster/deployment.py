@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from tests.deploy.processes import popen
+from tests.deploy.processes import spawn
 
 DEFS_FILE = Path(__file__).with_name("deploy_defs.py")
 LOCATION = "runbridge_deploy"
@@ -178,21 +178,15 @@ class DagsterDeployment:
             deployment.stop()
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        try:
-            self.processes[name] = (
-                popen(  # SIGINT at its default; SIGTERM when the pytest process dies
-                    argv,
-                    env=self.env,
-                    cwd=self.root,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    death_signal=signal.SIGTERM,
-                )
-            )
-        finally:
-            log.close()
+        # SIGINT at its default; SIGTERM when the pytest process dies
+        self.processes[name] = spawn(
+            argv,
+            self.root / f"{name}.log",
+            append=False,
+            death_signal=signal.SIGTERM,
+            env=self.env,
+            cwd=self.root,
+        )
 
     def log_text(self, name: str) -> str:
         path = self.root / f"{name}.log"

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from tests.deploy.processes import popen
+from tests.deploy.processes import spawn
 
 FLOWS_DIR = Path(__file__).resolve().parent
 POOL = "rb-matrix"
@@ -76,19 +76,13 @@ class PrefectDeployment:
 
     # -- processes -------------------------------------------------------------------------------
     def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = (self.root / f"{name}.log").open("ab")
-        try:
-            return popen(  # SIGINT at its default; SIGTERM when the pytest process dies
-                [sys.executable, "-m", "prefect", *args],
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                death_signal=signal.SIGTERM,
-            )
-        finally:
-            log.close()
+        # SIGINT at its default; SIGTERM when the pytest process dies
+        return spawn(
+            [sys.executable, "-m", "prefect", *args],
+            self.root / f"{name}.log",
+            death_signal=signal.SIGTERM,
+            env=self.env,
+        )
 
     def output(self, name: str) -> str:
         path = self.root / f"{name}.log"
