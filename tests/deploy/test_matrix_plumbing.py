@@ -405,6 +405,51 @@ def test_an_emulator_dies_with_its_sigkilled_session(tmp_path: Path) -> None:
             parent.wait(10)
 
 
+PG_PARENT = """
+import time
+from tests.deploy import postgres
+
+with postgres.cluster() as cluster:
+    print(cluster.directory, flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
+def test_postgres_stops_with_its_sigkilled_session() -> None:
+    """The cluster's server runs as another user (no parent-death signal survives that):
+    ``runuser``, its parent, gets the signal and passes SIGTERM on; the directory left is
+    swept by the next cluster."""
+    import psutil
+
+    from tests.deploy import postgres
+
+    if postgres.find_bin() is None:
+        pytest.skip("PostgreSQL is not installed (see tests/deploy/postgres.py)")
+    root = Path(__file__).resolve().parents[2]
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PG_PARENT],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        directory = Path(parent.stdout.readline().strip())
+        pid = int((directory / "data" / "postmaster.pid").read_text().split()[0])
+        server = psutil.Process(pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        gone, alive = psutil.wait_procs([server], timeout=30)
+        assert gone and not alive, f"postgres outlived its session: {alive}"
+        assert directory in postgres.sweep(directory.parent) and not directory.exists()
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+
+
 # -- PostgreSQL ---------------------------------------------------------------------------------
 def test_a_throwaway_postgres_cluster() -> None:
     """The Airflow deployment's PostgreSQL: started in a temp dir, reachable at its URL, stopped
