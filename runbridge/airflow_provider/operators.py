@@ -29,6 +29,7 @@ success or clearing it, cancel the run unless ``cancel_on_kill=False``.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
@@ -38,6 +39,7 @@ from airflow.sdk import BaseOperator, conf
 from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout
 
 from ..core.errors import ConfigError, RunbridgeError, WaitTimeout
+from ..core.inbox import Inbox
 from ..core.models import RunRef, RunStatus
 from ..core.planner import CANCELLED, Execution, LaunchRecord
 from ..core.schedule import RetryPolicy
@@ -182,6 +184,11 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
         self._cancel_sent = False
         self._comms_busy = False
         self._url_pushed = False
+        self._killed: str | None = None
+        """Why the task was killed (on_kill), once it was."""
+        self._inbox = Inbox(max_pending=16)
+        """Wakes this try's wait in the worker when on_kill has cancelled its run."""
+        self._save_lock = threading.Lock()
 
     @cached_property
     def hook(self) -> RunbridgeHook:
@@ -197,7 +204,7 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
         with self._comms():
             self._config = self.hook.client_config()
         try:
-            with self._config.client() as client:
+            with self._config.client(inbox=self._inbox) as client:
                 started = client.start(
                     self.run_params,
                     key=base,
@@ -208,13 +215,17 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
                 )
                 self._announce(context, client, started)
                 status = started.status
+                if self._killed is not None:
+                    # killed while launching: the run was not known to on_kill
+                    self._cancel(self._killed)
+                    status = None
                 if not self.wait_for_completion:
                     return (
                         status.to_dict() if status is not None else {"ref": started.ref.to_dict()}
                     )
                 if status is not None and status.is_terminal:
                     return self._finish_run(context, status)
-                if self.deferrable:
+                if self.deferrable and self._killed is None:
                     self._defer(context, started.ref)
                 return self._finish_run(context, self._wait(client, started.ref))
         except AirflowTaskTimeout:
@@ -337,28 +348,55 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
 
     # -- cancelling ------------------------------------------------------------------------
     def on_kill(self) -> None:
-        """Cancel the run (best effort, within a few seconds: the worker is killed soon after)."""
-        if self._done:
-            return
-        self._cancel("the task was killed" if not self._timed_out else "the task timed out")
+        """Cancel the run (best effort, within a few seconds: the worker is killed soon after).
 
-    def _cancel(self, why: str) -> None:
-        ref = self._ref
-        if ref is None or self._cancel_sent or not self.cancel_on_kill:
+        Airflow calls this from the task process's SIGTERM handler, which interrupts the main
+        thread wherever it is: possibly inside a log write (structlog's writer holds a plain
+        lock) or a message to the supervisor (a plain lock too). Logging or talking to the
+        supervisor here could then wait forever for a lock the interrupted thread holds: the
+        task ran on, its run never cancelled (the deployment's ``user_kill`` cell, under load).
+        So, in the handler, only a flag is set and a thread started; the thread cancels the run,
+        records it and wakes the wait (its inbox), which reads the cancelled run and ends the
+        try. A kill that comes while the launch is under way is carried out once the run is
+        known (``execute``). After ``execution_timeout`` Airflow calls this from the main flow,
+        not a handler: the cancel is made there, before the task ends."""
+        if self._done or self._killed is not None:
+            return
+        why = "the task was killed" if not self._timed_out else "the task timed out"
+        self._killed = why
+        if self._timed_out:
+            self._cancel(why)
+            return
+        threading.Thread(
+            target=self._cancel, args=(why, True), name="runbridge-on-kill", daemon=True
+        ).start()
+
+    def _cancel(self, why: str, wake: bool = False) -> None:
+        """Cancel this try's run (if it has one yet) and record it; ``wake``: from on_kill's
+        thread, wake the wait in the worker so it reads the cancelled run now."""
+        with self._save_lock:  # on_kill's thread and the try may both get here
+            ref = self._ref
+            go = ref is not None and not self._cancel_sent and self.cancel_on_kill
+            if go:
+                self._cancel_sent = True
+        if not go:
             if ref is not None and not self.cancel_on_kill:
                 self.log.info("Leaving %s running (cancel_on_kill=False): %s", ref, why)
             return
-        self._cancel_sent = True
+        assert ref is not None
         try:
             config = self._config or self.hook.client_config()
             retry = RetryPolicy(attempts=2, total=4.0, first=0.5)
             with config.client(request_timeout=3.0, retry=retry) as client:
                 client.cancel(ref)
+                after = client.get(ref) if wake else None
         except RunbridgeError as exc:
             self.log.warning("Could not cancel %s (%s): %s", ref, why, exc)
             return
         self.log.info("Cancelled %s: %s", ref, why)
-        self._record_cancelled(ref)
+        self._record_cancelled(ref, in_thread=wake)
+        if after is not None:
+            self._inbox.deliver(after)  # a hint: the wait checks the run itself
 
     # -- the record store (task_state_store) ---------------------------------------------------
     def _open(self, context: Context) -> list[Execution]:
@@ -419,20 +457,22 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
 
     def _save(self, record: LaunchRecord) -> None:
         """Append one record (core's ``save``). Raises when the store cannot be written: the
-        launch then does not happen (its run would be an orphan on retry)."""
-        self._records.append(Saved(self._generation, self._max_tries, record))
-        if record.ref is not None:
-            self._ref = record.ref
-        if self._store is not None:
-            value = [_stored(s) for s in self._records]
-            with self._comms():
-                self._store.set(STATE_KEY, value)
+        launch then does not happen (its run would be an orphan on retry). Serialized: on_kill's
+        thread may save while the try saves."""
+        with self._save_lock:
+            self._records.append(Saved(self._generation, self._max_tries, record))
+            if record.ref is not None:
+                self._ref = record.ref
+            if self._store is not None:
+                value = [_stored(s) for s in self._records]
+                with self._comms():
+                    self._store.set(STATE_KEY, value)
 
-    def _record_cancelled(self, ref: RunRef) -> None:
-        """Record that runbridge cancelled ``ref``, so the next try launches a new run. Skipped
-        when on_kill interrupts this task's own call to the supervisor (a signal handler must
-        not re-enter it)."""
-        if self._comms_busy:
+    def _record_cancelled(self, ref: RunRef, in_thread: bool = False) -> None:
+        """Record that runbridge cancelled ``ref``, so the next try launches a new run. In the
+        main thread, skipped when the cancel interrupted this task's own call to the supervisor
+        (it must not be re-entered); on_kill's thread waits its turn."""
+        if self._comms_busy and not in_thread:
             return
         keys = [s.record.key for s in reversed(self._records) if s.record.ref == ref]
         if not keys:

@@ -9,6 +9,7 @@ called from another thread while ``execute`` waits, as the task runner's signal 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from types import SimpleNamespace
@@ -56,8 +57,7 @@ def operator(**kwargs: Any) -> LaunchRunOperator:
         task_id="launch",
         runbridge_conn_id="rb_rest",
         run_params={"job": "etl"},
-        poll=0.05,
-        **{"retries": 1, **kwargs},
+        **{"retries": 1, "poll": 0.05, **kwargs},
     )
 
 
@@ -160,6 +160,118 @@ def test_on_kill_cancels_and_the_next_try_launches_anew(rest: Emulator) -> None:
     assert result["state"] == "SUCCEEDED" and result["ref"]["id"] != run_id
     keys = [r.headers.get("idempotency-key") for r in rest.requests_to("POST", "/jobs/")]
     assert keys == ["d/launch/r1/-1", "d/launch/r1/-1#1"]
+
+
+class _HeldLock(logging.Handler):
+    """A log handler that, like structlog's writer in a task process, takes a plain lock for
+    each line; the test holds it in the thread that calls ``on_kill``, as a SIGTERM arriving
+    mid-write does. A line logged in that thread while it holds the lock would deadlock:
+    recorded instead of waited for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held_by: int | None = None
+        self.would_deadlock: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if threading.get_ident() == self.held_by:
+            self.would_deadlock.append(record.getMessage())
+
+
+class _Watched:
+    """The operator's (structlog) logger, each call also checked by a :class:`_HeldLock`."""
+
+    def __init__(self, log: Any, handler: _HeldLock) -> None:
+        self._target, self._handler = log, handler
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._target, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() == self._handler.held_by:
+                self._handler.would_deadlock.append(f"{name}: {args[:1]}")
+            return method(*args, **kwargs)
+
+        return call
+
+
+def test_on_kill_in_the_sigterm_handler_takes_no_lock_and_ends_the_wait_at_once(
+    rest: Emulator,
+) -> None:
+    """Airflow's SIGTERM handler calls on_kill in the task's main thread, wherever it was
+    interrupted: on_kill must log nothing and talk to no one there (a lock the interrupted code
+    holds would never be released: the deployment's user_kill cell hung 240 s), yet the run is
+    cancelled and the wait, sleeping a 30 s poll, ends within seconds."""
+    rest.script(Script([("running", 60.0)], final="succeeded"))
+    store = Store()
+    op = operator(poll=30.0)
+    handler = _HeldLock()
+    op._cached_logger = _Watched(op.log, handler)
+    loggers = [logging.getLogger("runbridge")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    errors: list[BaseException] = []
+    ended: list[float] = []
+
+    def run() -> None:
+        try:
+            op.execute(context(store, 1, 1))
+        except BaseException as exc:
+            errors.append(exc)
+        ended.append(time.monotonic())
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(store.get(STATE_KEY, [])) < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # the wait is asleep in its 30 s poll
+        handler.held_by = threading.get_ident()
+        began = time.monotonic()
+        op.on_kill()
+        returned = time.monotonic() - began
+        handler.held_by = None
+        worker.join(10)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    assert handler.would_deadlock == []
+    assert returned < 0.5
+    (run_id,) = rest.runs
+    assert rest.cancels == [run_id]
+    assert ended and ended[0] - began < 5.0, "the wait slept on after the cancel"
+    assert errors and "CANCELLED" in str(errors[0])
+    assert store[STATE_KEY][-1]["action"] == "cancelled"
+
+
+def test_a_kill_during_the_launch_cancels_the_run_once_it_is_known(rest: Emulator) -> None:
+    """SIGTERM while the launch request is out (the run exists, its answer has not come): the
+    run is cancelled as soon as the launch returns, and the try ends (the deferrable operator
+    does not defer it)."""
+    rest.script(Script([("running", 60.0)], final="succeeded"))
+    rest.inject(kind="delay", seconds=1.5, when="after", method="POST")
+    store = Store()
+    op = operator(deferrable=True)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            op.execute(context(store, 1, 1))
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not rest.runs and time.monotonic() < deadline:
+        time.sleep(0.02)
+    op.on_kill()  # the launch's answer is still delayed
+    worker.join(15)
+    (run_id,) = rest.runs
+    assert rest.cancels == [run_id]
+    assert errors and "CANCELLED" in str(errors[0]), errors
+    assert [r["action"] for r in store[STATE_KEY]] == ["launched", "cancelled"]
 
 
 def test_a_cancelled_record_leads_to_a_new_run(rest: Emulator) -> None:
