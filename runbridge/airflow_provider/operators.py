@@ -7,7 +7,9 @@ One try of the task:
    duplicate; a run that already ended is taken as it ended, unless ``relaunch_failed`` (then
    a run that ended without success is replaced by a new one); a run runbridge cancelled (the
    task was killed or timed out, ``run_timeout``) is replaced, and so is a run of an earlier
-   *generation* after the task was cleared. The operator only keeps the records: a JSON list
+   *generation* after the task was cleared (cancelled first if it is still going, unless
+   ``cancel_on_kill=False``: a clear of a deferred task whose trigger never ran calls no
+   ``on_kill``). The operator only keeps the records: a JSON list
    in Airflow 3.3's ``task_state_store`` (key :data:`STATE_KEY`), one ``LaunchRecord`` per
    step, each with the generation that saved it and the task instance's ``max_tries`` then
    (a clear raises ``max_tries``, a retry does not: see :func:`generation`). The launch key is
@@ -420,6 +422,9 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
                     [s.record for s in self._records if s.generation == old],
                     reusable=False,
                     label=f"generation {old} (before the task was cleared)",
+                    # a clear stops the task: its run, if still going, is cancelled before
+                    # the new launch (no on_kill comes when the trigger never ran)
+                    cancel_superseded=self.cancel_on_kill,
                 )
                 for old in older
             ),
@@ -461,8 +466,8 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
         thread may save while the try saves."""
         with self._save_lock:
             self._records.append(Saved(self._generation, self._max_tries, record))
-            if record.ref is not None:
-                self._ref = record.ref
+            if record.ref is not None and record.action != CANCELLED:
+                self._ref = record.ref  # (a superseded run's cancel is not this try's run)
             if self._store is not None:
                 value = [_stored(s) for s in self._records]
                 with self._comms():

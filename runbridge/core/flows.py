@@ -52,6 +52,7 @@ from .errors import (
 from .http import Exchange, Flow, Request, Response, Save, Sleep
 from .models import LaunchSpec, RunRef, RunStatus
 from .planner import (
+    CANCELLED,
     LAUNCHED,
     REATTACHED,
     STARTING,
@@ -106,8 +107,11 @@ EventKind = Literal[
     "pushed_update",
     "unknown_state",
     "url_known",
+    "superseded",
 ]
-"""``url_known``: a status carried a run page URL for the first time in this operation, or a
+"""``superseded``: ``start`` is cancelling ``ref``, a run of an earlier execution (a cleared
+task's) still going, before it launches anew (``message`` says why; core/planner.py).
+``url_known``: a status carried a run page URL for the first time in this operation, or a
 URL other than the one announced before (a W&B Launch queue item got its run). ``ref`` is the
 run the operation is about (the reference the caller holds; for a queued W&B launch, the queue
 item), ``status`` the status carrying the URL (``status.url``; ``status.ref`` may name the run
@@ -161,6 +165,8 @@ def log_event(event: Event) -> None:
         logger.info("%s", event.status.summary())
     elif event.kind == "run_timeout":
         logger.warning("%s: run %s %s; cancelling it", platform, ref, event.message)
+    elif event.kind == "superseded":
+        logger.warning("%s: cancelling run %s: %s", platform, ref, event.message)
     elif event.kind == "cancel_failed":
         logger.warning("%s: cancelling run %s failed: %s", platform, ref, event.error)
     elif event.kind == "pushed_update" and event.status is not None:
@@ -666,6 +672,8 @@ class FlowContext:
         """Re-attach to the run an earlier attempt launched, or launch one, per the planner
         (core/planner.py); yields :class:`Save` for each record, the first before the launch."""
         plan = plan_launch(history, base_key)
+        if plan.supersede is not None:
+            yield from self._supersede(plan.supersede, plan.why)
         if plan.reattach is not None:
             status: RunStatus | None = None
             gone = False
@@ -703,6 +711,43 @@ class FlowContext:
         if first is not None and first.url:
             self.emit("url_known", ref=ref, status=first)
         return Started(ref, plan.key, first, found, plan.why)
+
+    def _supersede(self, record: LaunchRecord, why: str) -> Flow[None]:
+        """Cancel ``record``'s run if it is still going, before a new execution launches
+        (core/planner.py), and record the cancel. Whatever goes wrong is an event and a log
+        line, never a failed start: the new launch is what the user asked for."""
+        ref = record.ref
+        assert ref is not None
+        try:
+            status = yield from self.get(ref)
+        except RunNotFound:
+            return
+        except RunbridgeError as exc:
+            if not retryable(exc):
+                self.emit("cancel_failed", ref=ref, error=str(exc))
+                return
+            status = None  # unreadable just now: cancel anyway (cancelling is idempotent)
+        if status is not None and status.is_terminal:
+            return
+        if not self.provider.supports_cancel:
+            self.emit(
+                "cancel_failed",
+                ref=ref,
+                error=f"{self.platform} runs cannot be cancelled over its API; left going",
+            )
+            return
+        self.emit(
+            "superseded",
+            ref=ref,
+            status=status,
+            message=f"{why}; it is still going, so it is cancelled before the new launch",
+        )
+        try:
+            yield from self.cancel(ref, retry_unreadable=True)
+        except RunbridgeError as exc:
+            self.emit("cancel_failed", ref=ref, error=str(exc))
+            return
+        yield Save(LaunchRecord(record.key, ref, CANCELLED))
 
     def wait(self, ref: RunRef, options: WaitOptions) -> Flow[RunStatus]:
         """Wait until the run is terminal; raise WaitTimeout (with the last status) at the deadline."""

@@ -19,6 +19,14 @@ event log) through the small :class:`RecordStore` protocol, and hands the histor
   is re-attached to.
 * A new launch gets a key never used before in the history: ``base``, then ``base#1``,
   ``base#2``... (a used key would find the old run again).
+* A new execution supersedes the older one: when the newest execution that is not reusable
+  is marked ``cancel_superseded`` (the caller cancels on kill, and a clear is the user
+  stopping the task) and its last record is a run that was launched or re-attached to, not
+  cancelled, the plan names that run in ``supersede``: ``FlowContext.start`` reads it and,
+  if it is still going, cancels it before launching (an event and a log line say so) and
+  records the cancel in the new execution. A retry of the same execution never does: it
+  re-attaches (a worker SIGKILL, one launch). Airflow needs it when a deferred task is
+  cleared before a triggerer ran its trigger: no ``on_kill`` ever comes for it.
 
 What the re-attached run turned out to be (gone, ended without success while the user asked
 for ``relaunch_failed``) is reviewed by :func:`review`, also pure; ``FlowContext.start``
@@ -107,6 +115,17 @@ class Execution:
     that succeeded there and is re-executed on purpose)."""
     label: str = "an earlier attempt"
     """How messages name it ("Dagster run 1234", "generation 2")."""
+    cancel_superseded: bool = False
+    """Only with ``reusable=False``: a run of this execution still going when a newer one
+    launches is cancelled first (the caller cancels its run when the task is stopped, and
+    starting afresh stopped it)."""
+
+    def __post_init__(self) -> None:
+        if self.cancel_superseded and self.reusable:
+            raise ConfigError(
+                "cancel_superseded is for an execution whose runs are not reused "
+                "(reusable=False): a retry re-attaches to its run, never cancels it"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +143,9 @@ class Plan:
     """The run to re-attach to, or None to launch with ``key``."""
     key: str
     why: str
+    supersede: LaunchRecord | None = None
+    """A run of an earlier execution to cancel, if still going, before launching (its
+    record: the run and the key it was launched with); see the module docstring."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +188,12 @@ def plan_launch(history: Sequence[Execution], base_key: str) -> Plan:
         if not execution.reusable:
             # runs from before a deliberate reset (a clear, a re-run of a step that succeeded)
             # are never re-used, nor anything older
-            return Plan(None, next_key(base_key, history), f"a new execution after {where}")
+            return Plan(
+                None,
+                next_key(base_key, history),
+                f"a new execution after {where}",
+                supersede=_superseded(execution, history[:index]),
+            )
         if not execution.records:
             continue
         last = execution.records[-1]
@@ -182,6 +209,19 @@ def plan_launch(history: Sequence[Execution], base_key: str) -> Plan:
             )
         return Plan(last.ref, last.key, f"launched by {where}")
     return Plan(None, next_key(base_key, history), "first launch")
+
+
+def _superseded(execution: Execution, newer: Sequence[Execution]) -> LaunchRecord | None:
+    """The run of ``execution`` to cancel before a newer execution launches, if any: its last
+    record, when it names a run launched or re-attached to that nothing since cancelled."""
+    if not execution.cancel_superseded or not execution.records:
+        return None
+    last = execution.records[-1]
+    if last.ref is None or last.action not in (LAUNCHED, REATTACHED):
+        return None
+    if any(r.ref == last.ref and r.action == CANCELLED for e in newer for r in e.records):
+        return None
+    return last
 
 
 def review(

@@ -84,6 +84,28 @@ def test_a_retry_reattaches_a_clear_launches_anew(rest: Emulator) -> None:
     assert after["ref"] == cleared["ref"] and len(rest.launches) == 2
 
 
+def test_a_clear_cancels_the_old_run_still_going_before_launching_anew(rest: Emulator) -> None:
+    """A deferred task cleared before a triggerer ran its trigger gets no on_kill: the new
+    try, a new generation, cancels the old run (still going) before its own launch; with
+    cancel_on_kill=False it leaves it going. A retry (same generation) never cancels."""
+    rest.script(*(Script([("running", 60.0)], final="succeeded") for _ in range(4)))
+    store = Store()
+    first = operator(wait_for_completion=False).execute(context(store, 1, 1))
+    retried = operator(wait_for_completion=False).execute(context(store, 2, 1))  # a retry
+    assert retried["ref"] == first["ref"] and rest.cancels == []
+    cleared = operator(wait_for_completion=False).execute(context(store, 3, 3))
+    assert rest.cancels == [first["ref"]["id"]] and cleared["ref"] != first["ref"]
+    actions = [(r["generation"], r["action"], r["ref"]) for r in store[STATE_KEY]]
+    assert actions[-2:] == [
+        (2, "cancelled", f"rest:{first['ref']['id']}"),
+        (2, "launched", f"rest:{cleared['ref']['id']}"),
+    ]
+    # cleared again, the user not wanting kills to cancel: the run is left going
+    keep = operator(wait_for_completion=False, cancel_on_kill=False)
+    again = keep.execute(context(store, 4, 5))
+    assert rest.cancels == [first["ref"]["id"]] and again["ref"] != cleared["ref"]
+
+
 def test_editing_retries_between_tries_is_not_a_clear(rest: Emulator) -> None:
     """Only a clear writes max_tries: lowering ``retries`` in the DAG between two tries (the
     old reckoning, max_tries - retries + 1, took that for a clear) re-attaches."""
