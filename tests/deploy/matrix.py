@@ -40,12 +40,15 @@ __all__ = [
     "COLUMNS",
     "DAGSTER",
     "FAILURE_MESSAGE",
+    "NOT_APPLICABLE",
     "PLATFORMS",
     "PREFECT",
     "ROWS",
+    "WATCHERS",
     "Cell",
     "Row",
     "check",
+    "expected",
     "full",
     "platforms",
     "record",
@@ -53,6 +56,7 @@ __all__ = [
     "row_id",
     "rows_for",
     "selected_cells",
+    "why_not",
 ]
 
 COLUMNS: tuple[str, ...] = (
@@ -116,6 +120,27 @@ def _run(seconds: float, final: str = "success", **extra: Any) -> dict[str, Any]
 
 _EVERYWHERE = COLUMNS
 _NOT_DEFERRED = tuple(c for c in COLUMNS if c != "airflow-deferrable")
+_LAUNCHERS = tuple(c for c in COLUMNS if c != "airflow-sensor")
+
+WATCHERS: tuple[str, ...] = ("airflow-sensor",)
+"""Columns that wait for a run another task launched (the test launches it for them). A
+watcher does not own the run, so it never cancels it: on a user's kill, mark or clear it
+stops waiting and the run keeps going (docs/airflow.md). Where a row expects a user's stop to
+cancel the run, a watcher's cell expects 0 cancels and the run still running
+(:func:`expected`)."""
+
+NOT_APPLICABLE: dict[tuple[str, str], str] = {
+    ("airflow-sensor", "crash_before_record"): "RunSensor launches nothing, so nothing can "
+    "crash between a launch and its record",
+    ("airflow-sensor", "run_timeout"): "RunSensor has no run_timeout: it never cancels the "
+    "run it watches (its timeout is wait_timeout's, a row of its own)",
+    ("airflow-sensor", "no_cancel_on_kill"): "RunSensor has no cancel_on_kill: it never "
+    "cancels the run it watches (the kill rows check that it leaves it going)",
+    ("airflow-sensor", "clear"): "RunSensor launches nothing: after a clear its new try waits "
+    "for the same run again, so there is no second launch and nothing to cancel",
+}
+"""(column, row id) -> why a row listed for a column cannot apply there: those columns are
+left out of the row's ``applies_to`` below, so the cell is ``n/a``; :func:`why_not` says why."""
 
 ROWS: list[Row] = [
     Row(
@@ -208,7 +233,7 @@ ROWS: list[Row] = [
         1,
         0,
         False,
-        _EVERYWHERE,
+        _LAUNCHERS,
         scripts=(_run(8.0),),
         expect_run="finished",
         needs=frozenset({"find"}),
@@ -247,7 +272,7 @@ ROWS: list[Row] = [
         1,
         1,
         False,
-        _EVERYWHERE,
+        _LAUNCHERS,
         scripts=(_run(LONG),),
         expect_run="cancelled",
         needs=frozenset({"cancel"}),
@@ -296,7 +321,7 @@ ROWS: list[Row] = [
         2,
         1,
         False,
-        AIRFLOW,
+        ("airflow-operator", "airflow-deferrable"),
         scripts=(_run(LONG), _run(SHORT)),
         needs=frozenset({"cancel"}),
     ),
@@ -366,7 +391,7 @@ ROWS: list[Row] = [
         1,
         0,
         False,
-        _EVERYWHERE,
+        _LAUNCHERS,
         scripts=(_run(LONG),),
         expect_run="running",
         how="the column's own kill (SIGTERM, mark failed, flow cancel, terminate)",
@@ -461,6 +486,30 @@ def applies(r: Row, column: str, platform: str | None = None) -> bool:
     if column not in r.applies_to:
         return False
     return platform is None or r.needs <= PLATFORMS[platform]["can"]
+
+
+def why_not(r: Row, column: str, platform: str | None = None) -> str | None:
+    """Why the cell is ``n/a`` (None when it applies): a reason of :data:`NOT_APPLICABLE`, the
+    row being another orchestrator's, or the platform lacking what the row needs."""
+    if (column, r.id) in NOT_APPLICABLE:
+        return NOT_APPLICABLE[(column, r.id)]
+    if column not in r.applies_to:
+        return f"{r.id} is not a {column} scenario"
+    if platform is not None:
+        missing = sorted(r.needs - PLATFORMS[platform]["can"])
+        if missing:
+            return f"{platform} cannot {' or '.join(missing)} (the row needs it)"
+    return None
+
+
+def expected(r: Row, column: str) -> Row:
+    """The row's expectation in ``column``: the row itself, except that a watcher
+    (:data:`WATCHERS`) never cancels the run it waits for, so where a user's stop should
+    cancel the run (``user_kill``, ``mark_failed``, ``mark_success``), it expects 0 cancels
+    and the run still running."""
+    if column in WATCHERS and r.expect_cancels and r.expect_task == "stopped":
+        return dataclasses.replace(r, expect_cancels=0, expect_run="running")
+    return r
 
 
 def rows_for(column: str, *, every: bool | None = None) -> list[Row]:

@@ -386,16 +386,9 @@ class _CellRun:
         return self.row.id == "mark_failed" and self._deferred()
 
     def _expected(self) -> matrix.Row:
-        """The row's expectation; the sensor never cancels the run it watches (it did not
-        launch it, docs/airflow.md), so where a row expects a kill to cancel, the sensor's cell
-        expects the run left going."""
-        if (
-            self.column == "airflow-sensor"
-            and self.row.expect_cancels
-            and self.row.id != "run_timeout"
-        ):
-            return dataclasses.replace(self.row, expect_cancels=0, expect_run="running")
-        return self.row
+        """The row's expectation in this column (``matrix.expected``: the sensor never cancels
+        the run it watches, so a kill row expects it left going)."""
+        return matrix.expected(self.row, self.column)
 
     def _conf(self) -> dict[str, Any]:
         row = self.row
