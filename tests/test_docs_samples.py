@@ -5,8 +5,12 @@ The samples are the fenced blocks of the Markdown files:
 - ``python``: the blocks of one file run in order, in one namespace, in a fresh interpreter
   (a reader pastes them one after the other); a ``test_*`` function a block defines is then
   called. Tracebacks name the Markdown file and line. What a file's samples take for granted
-  (an emulator on the port they name, a Prefect server for ``.save()``/``.load()``) is set
-  up first: see :data:`SCENES`. Airflow, Prefect and Dagster homes are temporary;
+  (an emulator on the port they name, a Prefect API for ``.save()``/``.load()``) is set
+  up first: see :data:`SCENES`. Airflow, Prefect and Dagster homes are temporary. The samples
+  that need a Prefect API (a file's Python samples, a shell sample running ``prefect`` or a
+  Prefect example) share one Prefect server, started once for this module: each starting its
+  own cost a minute of migrations on a loaded machine. Prefect's own temporary server, which a
+  sample starts when no API is set, is what tools/smoke.py's Prefect scenario runs into;
 - ``sh``: each block runs with ``bash -euo pipefail`` from the repository root, with the
   project's environment first on PATH. A ``pip install`` line is not run: the extras it names
   must exist. After a line that backgrounds a server on ``--port N`` the harness waits for
@@ -34,8 +38,11 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +54,12 @@ EXTRAS = re.compile(r"runbridge\[(?P<extras>[^\]]*)\]")
 # port in its place, so a port taken on a shared machine cannot fail them.
 PORT = re.compile(r"(?P<lead>(?:127\.0\.0\.1|localhost):|--port[ =])(?P<port>\d{4,5})\b")
 SAMPLE_TIMEOUT = 240
+PREFECT_STARTUP_TIMEOUT = 240
+# A shell sample that talks to a Prefect API: a `prefect` command or a Prefect example.
+USES_PREFECT = re.compile(r"^\s*prefect\s|examples/prefect/", re.M)
+# A shell sample that runs runbridge's own suites (the deployments take minutes, the reliability
+# matrix hours): its Markdown must mark it no-test, not leave it to this module to run.
+RUNS_SUITES = re.compile(r"dev\.py\b|tools/(?:reliability|matrix)\.py|-m pytest\b|\bpytest\s")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,9 +227,6 @@ with contextlib.ExitStack() as stack:
     for platform, port in spec["serve"].items():
         from runbridge.testing import serve
         stack.enter_context(serve(platform, port=port))
-    if spec["prefect_server"]:
-        from prefect.testing.utilities import prefect_test_harness
-        stack.enter_context(prefect_test_harness(server_startup_timeout=120))
     namespace = {"__name__": "__doc_samples__"}
     called = set()
     for block in spec["blocks"]:
@@ -262,11 +272,49 @@ def _sandbox(tmp: Path) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Prefect server (``prefect server start``, API only) for the samples that need one;
+    yields its API URL. Its home and database are temporary."""
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--no-services", "--no-ui", "--analytics-off"]
+    with open(home / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            command, cwd=home, env=_sandbox(home), stdout=log, stderr=subprocess.STDOUT
+        )
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + PREFECT_STARTUP_TIMEOUT
+        while True:
+            assert proc.poll() is None, "the Prefect server exited:\n" + _tail(home / "server.log")
+            try:
+                if httpx.get(f"{api}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "no Prefect server:\n" + _tail(home / "server.log")
+            time.sleep(0.25)
+        yield api
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _tail(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace")[-4000:]
+
+
 PY_FILES = sorted({s.path for s in BY_LANG["python"]})
 
 
 @pytest.mark.parametrize("path", PY_FILES)
-def test_python_samples_run(path: str, tmp_path: Path) -> None:
+def test_python_samples_run(path: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     blocks = [s for s in BY_LANG["python"] if s.path == path]
     runnable = [s for s in blocks if not s.skip]
     if not runnable:
@@ -278,16 +326,18 @@ def test_python_samples_run(path: str, tmp_path: Path) -> None:
             name: int(ports.setdefault(str(port), str(free_port())))
             for name, port in scene.serve.items()
         },
-        "prefect_server": scene.prefect_server,
         "blocks": [
             dict(dataclasses.asdict(s), code=with_free_ports(s.code, ports)) for s in runnable
         ],
     }
     (tmp_path / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+    env = _sandbox(tmp_path)
+    if scene.prefect_server:
+        env["PREFECT_API_URL"] = request.getfixturevalue("prefect_api")
     proc = subprocess.run(
         [sys.executable, "-c", RUNNER, str(tmp_path / "spec.json")],
         cwd=tmp_path,
-        env=_sandbox(tmp_path),
+        env=env,
         capture_output=True,
         text=True,
         timeout=SAMPLE_TIMEOUT,
@@ -344,15 +394,22 @@ def _declared_extras() -> set[str]:
 
 
 @pytest.mark.parametrize("sample", _params(BY_LANG["sh"]))
-def test_sh_sample_runs(sample: Sample, tmp_path: Path) -> None:
+def test_sh_sample_runs(sample: Sample, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     declared = _declared_extras()
     for match in EXTRAS.finditer(sample.code):
         named = {e.strip() for e in match["extras"].split(",")}
         assert named <= declared, f"{sample.id}: unknown extras {named - declared}"
+    assert not RUNS_SUITES.search(sample.code), (
+        f"{sample.id} runs runbridge's own suites (minutes to hours): mark it "
+        "`<!-- no-test: the reason -->` in its Markdown"
+    )
+    env = _sandbox(tmp_path)
+    if USES_PREFECT.search(sample.code):
+        env["PREFECT_API_URL"] = request.getfixturevalue("prefect_api")
     proc = subprocess.run(
         ["bash", "-c", shell_script(sample)],
         cwd=ROOT,
-        env=_sandbox(tmp_path),
+        env=env,
         capture_output=True,
         text=True,
         timeout=SAMPLE_TIMEOUT,
