@@ -326,6 +326,20 @@ ROWS: list[Row] = [
         needs=frozenset({"cancel"}),
     ),
     Row(
+        "clear_untriggered",
+        "the user clears the deferred task before any triggerer ran its trigger (no on_kill "
+        "comes): the new try cancels the old run, then launches anew",
+        "success",
+        2,
+        1,
+        False,
+        ("airflow-deferrable",),
+        scripts=(_run(LONG), _run(SHORT)),
+        needs=frozenset({"cancel"}),
+        how="every triggerer stopped before the task defers; clear it while deferred; a "
+        "triggerer started once the new try launched",
+    ),
+    Row(
         "flow_cancel",
         "the user cancels the flow run: the run is cancelled",
         "stopped",

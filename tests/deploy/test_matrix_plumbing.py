@@ -76,7 +76,7 @@ def test_check_names_each_difference() -> None:
 
 
 def test_rows_are_consistent() -> None:
-    assert len({r.id for r in matrix.ROWS}) == len(matrix.ROWS) == 21
+    assert len({r.id for r in matrix.ROWS}) == len(matrix.ROWS) == 22
     for r in matrix.ROWS:
         assert set(r.applies_to) <= set(matrix.COLUMNS), r.id
         assert r.expect_task in ("success", "failed", "stopped"), r.id
@@ -183,7 +183,7 @@ def test_cells_are_recorded_and_rendered(tmp_path: Path) -> None:
         "| `success` | not run | not run | not run | pass | not run | not run | not run |" in rest
     )
     assert "| `failure` | not run | not run | not run | **FAIL** | not run |" in rest
-    assert "| `clear` | not run | not run | not run | n/a | n/a | n/a | n/a |" in rest
+    assert "| `clear` | not run | not run | n/a | n/a | n/a | n/a | n/a |" in rest
     lume = text.split("## lume", 1)[1].split("## Failures", 1)[0]
     assert "| `run_timeout` | n/a | n/a | n/a | n/a | n/a | n/a | n/a |" in lume
     assert "### rest / `failure` / prefect-task" in text and "the scripted failure" in text

@@ -20,6 +20,9 @@ What each row does in Airflow (the row table is tests/deploy/matrix.py):
   task instance through the REST API (``mark_failed`` deferred: three DAG runs marked within
   0.1 s); ``clear``: POST clearTaskInstances; ``no_cancel_on_kill``: mark failed with
   ``cancel_on_kill=False``;
+* ``clear_untriggered``: every triggerer stopped before the DAG run starts, the task cleared
+  once deferred, a triggerer started once the new try launched (the new try must cancel the
+  old run itself: Airflow calls no ``on_kill`` for a trigger no triggerer ran);
 * ``triggerer_restart``: SIGTERM the triggerer once the trigger runs, start a new one;
   ``trigger_moved``: a second triggerer is started, the first is SIGSTOPped past
   ``[triggerer] triggerer_health_check_threshold`` until the trigger is reassigned, then
@@ -66,7 +69,7 @@ DAG_IDS = {
 }
 RETRY_ROWS = frozenset({"worker_sigkill", "crash_before_record"})
 """Rows whose DAG has one retry (the retry is what must re-attach)."""
-DISRUPTIVE = frozenset({"triggerer_restart", "trigger_moved"})
+DISRUPTIVE = frozenset({"triggerer_restart", "trigger_moved", "clear_untriggered"})
 """Rows that act on the whole deployment: run after the others, one at a time."""
 USER_ACTIONS = {
     "user_kill": "sigterm",
@@ -351,6 +354,9 @@ class _CellRun:
         if faults:
             control.inject_all(*faults)
 
+        if row.id == "clear_untriggered":
+            for old in self.af.triggerers():  # no triggerer may take the first try's trigger
+                old.stop()
         conf = self._conf()
         slug = f"{self.row.id}__{self.column}__{self.cell.platform}__{time.time_ns()}"
         runs = self.result.dag_runs
@@ -428,6 +434,8 @@ class _CellRun:
             return self._user_stop
         if row_id == "clear":
             return self._clear
+        if row_id == "clear_untriggered":
+            return self._clear_untriggered
         if row_id == "triggerer_restart":
             return self._triggerer_restart
         if row_id == "trigger_moved":
@@ -523,6 +531,29 @@ class _CellRun:
         ti = self._waiting(runs[0])
         self.first_try = int(ti["try_number"])
         self.af.clear(self.dag_id, runs[0], ["run"])
+
+    def _clear_untriggered(self, runs: list[str]) -> None:
+        """Clear the task while it is deferred and no triggerer runs (so none ever ran its
+        trigger, and no on_kill comes); once its new try launched, start a triggerer so the
+        new deferral can end."""
+        try:
+            self.control.wait_for_launches(1, timeout=CELL_TIMEOUT)
+            ti = self.af.wait_task(
+                self.dag_id,
+                runs[0],
+                "run",
+                lambda t: t["state"] == "deferred",
+                CELL_TIMEOUT,
+                "deferred",
+            )
+            if ti.get("triggerer_job"):
+                raise DeploymentError(f"a triggerer took the trigger: {ti['triggerer_job']}")
+            self.first_try = int(ti["try_number"])
+            self.af.clear(self.dag_id, runs[0], ["run"])
+            self.control.wait_for_launches(2, timeout=CELL_TIMEOUT)
+        finally:
+            if not self.af.triggerers():
+                self.af.start_triggerer()
 
     def _triggerer_restart(self, runs: list[str]) -> None:
         self._waiting(runs[0])
