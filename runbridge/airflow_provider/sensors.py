@@ -122,9 +122,10 @@ class RunSensor(RunOutcome, BaseSensorOperator):
     def on_kill(self) -> None:
         """The task was told to stop (SIGTERM: a pod shutdown, a user's kill): Airflow's handler
         only calls this and returns, so the next poke ends the try. A sensor never cancels the
-        run: it did not launch it."""
+        run: it did not launch it. Nothing is logged here: the handler interrupts the main
+        thread wherever it is, maybe inside a log write whose lock it holds (see
+        ``LaunchRunOperator.on_kill``); the next poke says it."""
         self._killed = True
-        self.log.info("Stopping the wait for %s; the run keeps going", self._ref or self.run)
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
         if self._killed:

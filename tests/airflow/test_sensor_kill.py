@@ -4,6 +4,8 @@ Now the next poke ends the try, and the run, which the sensor did not launch, ke
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from airflow.sdk.exceptions import AirflowException
 
@@ -38,3 +40,17 @@ def test_a_sensor_killed_before_its_first_poke_names_its_target() -> None:
     with pytest.raises(AirflowException, match="Stopped waiting for run-42"):
         sensor.poke(context(Store()))  # type: ignore[arg-type]
     assert sensor._client is None  # nothing was asked of the platform
+
+
+def test_on_kill_logs_nothing_in_the_signal_handler() -> None:
+    """Airflow calls on_kill from the SIGTERM handler, in the thread it interrupted (maybe in a
+    log write, holding its lock): a line logged there could wait forever."""
+    from .test_operator_unit import _HeldLock, _Watched
+
+    sensor = RunSensor(task_id="sense", runbridge_conn_id="rb_rest", run="run-42")
+    handler = _HeldLock()
+    sensor._cached_logger = _Watched(sensor.log, handler)  # type: ignore[assignment]
+    handler.held_by = threading.get_ident()
+    sensor.on_kill()
+    handler.held_by = None
+    assert handler.would_deadlock == []
