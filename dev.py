@@ -5,7 +5,9 @@
     python3 dev.py test [ARGS...]    sync, then ruff check, ruff format --check, mypy, pytest ARGS;
                                      without ARGS: pytest, the reduced reliability matrix (each
                                      real deployment in tests/deploy/<orchestrator> in a pytest
-                                     of its own), then the CI rows of the version matrix
+                                     of its own), then the CI rows of the version matrix. A
+                                     pytest that collects nothing (exit 5) or passes no test
+                                     (all skipped) fails the step
     python3 dev.py demo [ARGS...]    sync, then `runbridge demo ARGS`
     python3 dev.py matrix [ARGS...]  sync, then the full version matrix (tools/matrix.py ARGS),
                                      which writes docs/compatibility.md
@@ -31,7 +33,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 UV_VERSION = "0.13.9"
@@ -189,13 +193,24 @@ def cmd_test(args: list[str]) -> int:
     )
     for name, pytest_args in runs:
         t0 = time.monotonic()
-        rc = run([uv, "run", "--no-sync", "pytest", *pytest_args], env, check=False)
+        with tempfile.TemporaryDirectory(prefix="runbridge-dev-") as tmp:
+            report = Path(tmp) / "junit.xml"
+            extra = (
+                []
+                if any(a.startswith("--junit") for a in pytest_args)
+                else [f"--junitxml={report}"]
+            )
+            rc = run([uv, "run", "--no-sync", "pytest", *pytest_args, *extra], env, check=False)
+            counts = junit_counts(report) if extra and rc == 0 else None
         if rc == 5:
             say(f"FAILED: {name} collected no tests (exit 5); that is not a pass")
             return 1
         if rc != 0:
             say(f"FAILED: {name} (exit {rc})")
             return rc
+        if counts is not None and counts["passed"] == 0:
+            say(f"FAILED: {name} passed no test ({counts['skipped']} skipped); that is not a pass")
+            return 1
         say(f"ok: {name} ({time.monotonic() - t0:.1f} s)")
     if args or os.environ.get("RUNBRIDGE_SKIP_MATRIX"):
         say("skipped: the version matrix's CI rows (pytest arguments or RUNBRIDGE_SKIP_MATRIX)")
@@ -207,6 +222,18 @@ def cmd_test(args: list[str]) -> int:
         return rc
     say(f"ok: version matrix, CI rows ({time.monotonic() - t0:.1f} s)")
     return 0
+
+
+def junit_counts(report: Path) -> dict[str, int] | None:
+    """Tests run, skipped and passed according to pytest's JUnit XML report (None: unreadable)."""
+    try:
+        root = ET.parse(report).getroot()
+    except (OSError, ET.ParseError):
+        return None
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    total = {key: sum(int(s.get(key, 0)) for s in suites) for key in ("tests", "skipped")}
+    bad = sum(int(s.get(key, 0)) for s in suites for key in ("failures", "errors"))
+    return {**total, "passed": total["tests"] - total["skipped"] - bad}
 
 
 def cmd_demo(args: list[str]) -> int:

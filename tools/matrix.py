@@ -8,7 +8,9 @@ Each row makes a fresh virtual environment with a Python found on this machine (
 downloads one), installs ``runbridge[EXTRA]`` from the wheel built from this checkout
 (``uv build``: the sdist, then the wheel from it) with plain resolution (no lock), records
 what was installed, and runs tools/smoke.py for that extra against a LangGraph emulator
-(``runbridge emulate langgraph`` from the project's .venv). Resolutions:
+(``runbridge emulate langgraph`` from the project's .venv), then the extra's pin tests
+(PIN_TESTS: what runbridge uses outside the dependency's public API) from this checkout with
+pytest added to that environment. Resolutions:
 
 - ``newest``: the newest release of everything the extra allows, installed with pip as users
   do (``--installer uv``: ``uv pip install``, the same resolution in seconds; the CI rows);
@@ -25,7 +27,8 @@ checkout with the locked ``test`` group and the ``testing`` extra only (no orche
 The full matrix: every extra (core, testing, airflow, prefect, dagster) at each resolution,
 plus ``all`` at its newest and core-tests, on the oldest and newest Python the package claims
 (its ``Programming Language :: Python :: 3.X`` classifiers). ``--ci``: core-tests on both,
-core at its floor on the oldest Python, each extra at its newest on the newest Python.
+core and dagster at their floors on the oldest Python, each extra at its newest on the newest
+Python.
 Rows run ``--jobs`` at a time (default: the number of CPUs); each row's log goes to
 ``--logs``. ``--rev COMMIT`` tests a commit instead of the work tree. Exit status 1 if a row
 failed (an expected failure does not count).
@@ -72,6 +75,15 @@ KNOWN_BROKEN_FLOORS = {
 }
 AS_RELEASED = {"prefect": ("3.4", "2025-05-04")}  # prefect 3.4.0 was uploaded on 2025-05-02
 CORE_TESTS = ["tests/core", "tests/test_cli.py", "tests/test_cli_platforms.py"]
+# The tests that pin what runbridge uses outside each dependency's public API (private names,
+# signatures), run by the wheel rows of that extra after the smoke scenario, so every pin is
+# checked against the floor and the newest release the extra accepts (not only the lock).
+PIN_TESTS = {
+    "core": ["tests/core/test_deadlines.py::test_sync_deadline_backend_is_installed"],
+    "airflow": ["tests/airflow/test_masking.py::test_the_private_flag_the_hook_relies_on_exists"],
+    "prefect": ["tests/prefect/test_private_apis.py"],
+    "dagster": ["tests/dagster/test_private_api.py"],
+}
 DOC = ROOT / "docs" / "compatibility.md"
 # What a row reports: the distributions that the extra is about.
 SHOWN = {
@@ -307,6 +319,66 @@ class Runner:
         env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
         smoke = [vpy, str(ROOT / "tools" / "smoke.py"), row.extra]
         self.sh(log, [*smoke, "--url", self.url, "--version", self.version], env=env, cwd=work)
+        if row.extra in PIN_TESTS:
+            self.pin_tests(row, work, venv, env, log)
+
+    def pin_tests(self, row: Row, work: Path, venv: Path, env: dict[str, str], log) -> None:
+        """The extra's PIN_TESTS, from this checkout's tests, against the row's installation.
+
+        pytest and the ``testing`` extra (the tests' emulators) are added, constrained to what
+        the row installed, which must not change. The tests run from a copy of their folders
+        (no ``runbridge`` beside them), so ``runbridge`` is the installed wheel's, without
+        their folders' conftest fixtures (none needs one; test_masking.py imports its
+        conftest as a module, which points Airflow at a temporary home)."""
+        vpy = str(venv / "bin" / "python")
+        frozen = self.sh(log, [self.uv, "pip", "freeze", "--python", vpy])
+        constraints = work / "constraints.txt"
+        kept = [
+            line
+            for line in frozen.splitlines()
+            if re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*==", line) and not line.startswith("runbridge")
+        ]
+        constraints.write_text("\n".join(kept) + "\n", encoding="utf-8")
+        target = f"runbridge[testing] @ {self.wheel.as_uri()}"
+        self.sh(
+            log,
+            [self.uv, "pip", "install", "--python", vpy, "-c", str(constraints), target, "pytest"],
+        )
+        after = self.versions(log, venv, row.extra)
+        if after != row.versions:
+            raise RowFailed(f"installing pytest changed the row's versions: {after}")
+        pins = work / "pins"
+        (pins / "tests").mkdir(parents=True)
+        shutil.copy(self.source / "tests" / "__init__.py", pins / "tests")
+        for folder in sorted({test.split("/")[1] for test in PIN_TESTS[row.extra]}):
+            shutil.copytree(
+                self.source / "tests" / folder,
+                pins / "tests" / folder,
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
+        (pins / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
+        home = work / "home"
+        env = dict(
+            env,
+            AIRFLOW_HOME=str(home / "airflow"),  # a temporary home, as tests/airflow wants
+            AIRFLOW__CORE__LOAD_EXAMPLES="False",
+            DAGSTER_HOME=str(home / "dagster"),
+            PREFECT_HOME=str(home / "prefect"),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_SERVER_LOGGING_LEVEL="WARNING",
+            # the flows start Prefect's temporary server: allow a busy machine
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+        )
+        (home / "dagster").mkdir(parents=True)
+        env.pop("PREFECT_API_URL", None)
+        pytest = [vpy, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--noconftest", "-rs"]
+        out = self.sh(log, [*pytest, *PIN_TESTS[row.extra]], env=env, cwd=pins)
+        # pytest's last line, "7 passed in 9.1s" (an atexit log of the orchestrator may follow)
+        ends = re.findall(r"^=*\s*(\d+ \w+.* in [\d.]+s\b.*?)=*$", out, re.M)
+        summary = ends[-1].strip() if ends else ""
+        if " passed" not in summary or "skipped" in summary:
+            raise RowFailed(f"pin tests did not all pass: {summary}")
+        row.note = "pins: " + summary.strip("= ")
 
     def core_tests(self, row: Row, work: Path, log) -> None:
         venv = work / "venv"
@@ -391,7 +463,12 @@ def render(rows: list[Row], args: argparse.Namespace, context: dict[str, str], w
         "`LaunchRunOperator`; Prefect: `prefect block register -m runbridge.prefect_blocks` and a",
         "flow with `launch_and_wait`; Dagster: `dagster definitions validate` and",
         "materializations). `core` also checks that no orchestrator is importable; `all` runs the",
-        "emulator and the three orchestrators' scenarios in one environment.",
+        "emulator and the three orchestrators' scenarios in one environment. Then the rows of",
+        "`core`, `airflow`, `prefect` and `dagster` run the tests that pin what runbridge uses",
+        "outside that dependency's public API, from this checkout, with pytest added (constrained",
+        "to what the row installed): "
+        + "; ".join(f"`{extra}`: {', '.join(tests)}" for extra, tests in PIN_TESTS.items())
+        + " (the result's note says how many passed).",
         "",
         "- **floor**: the extra's declared requirements given as direct requirements with",
         "  `uv pip install --resolution lowest-direct`, so every declared lower bound is installed",
@@ -438,8 +515,9 @@ def render(rows: list[Row], args: argparse.Namespace, context: dict[str, str], w
         "- `all` resolves Prefect 3.7.x beside Airflow 3.3 (FastAPI < 0.137), as the lock does.",
         "",
         "The CI subset (`python3 tools/matrix.py --ci`, the last step of `python3 dev.py test`):",
-        "core-tests on the oldest and newest Python, core at its floor on the oldest Python, and",
-        "each extra at its newest on the newest Python, installed with `uv pip install`.",
+        "core-tests on the oldest and newest Python, core and dagster at their floors on the",
+        "oldest Python, and each extra at its newest on the newest Python, installed with",
+        "`uv pip install`.",
         "",
     ]
     return "\n".join(lines)
@@ -449,7 +527,7 @@ def select_rows(args: argparse.Namespace, pythons: list[str]) -> list[Row]:
     oldest, newest = pythons[0], pythons[-1]
     if args.ci:
         rows = [Row("core-tests", "lock", oldest), Row("core-tests", "lock", newest)]
-        rows.append(Row("core", "floor", oldest))
+        rows += [Row("core", "floor", oldest), Row("dagster", "floor", oldest)]
         rows += [Row(extra, "newest", newest) for extra in EXTRAS[1:]]
     else:
         rows = [Row("core-tests", "lock", py) for py in (oldest, newest)]

@@ -1,6 +1,6 @@
 """The Prefect internals runbridge relies on, pinned against the installed Prefect (the
-compatibility matrix runs this file at the floor, 3.4, and the newest; docs/prefect.md lists
-them):
+version matrix, tools/matrix.py's PIN_TESTS, runs this file in its Prefect rows: the newest
+release, and 3.4.0, the floor, as released; docs/prefect.md lists them):
 
 * ``ThreadPoolTaskRunner._cancel_events`` (private): the only way a task submitted to the
   thread pool learns that its flow run was cancelled. No public mechanism exists in 3.4-3.9
