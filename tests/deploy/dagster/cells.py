@@ -2,7 +2,8 @@
 
 A :class:`CellRunner` runs every selected cell at once (bounded by ``concurrency``), each on an
 emulator process of its own (:class:`EmulatorPool`, ``runbridge emulate`` with the session's
-token), so one cell's runs, faults and cancels never show in another's record. A cell:
+token), so one cell's runs, faults and cancels never show in another's record; the emulator of a
+cell that did not pass is stopped and replaced (a run it left behind may still launch). A cell:
 
 1. resets its emulator and gives it the row's scripts and faults (one script per Dagster run);
 2. submits the column's job through the web server's GraphQL API (``launchRun``, as the
@@ -29,7 +30,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,9 @@ class EmulatorPool:
         self.free: dict[str, queue.Queue[EmulatorServer]] = {}
         self.servers: list[EmulatorServer] = []
         self.token = token
+        self.lock = threading.Lock()
+        self.retired = 0
+        """Emulators stopped and replaced after a cell that did not pass."""
         try:
             with ThreadPoolExecutor(max(1, sum(platforms.values()))) as starting:
                 futures = [
@@ -122,13 +126,29 @@ class EmulatorPool:
         server.token = self.token
         return server
 
-    @contextlib.contextmanager
-    def hold(self, platform: str) -> Iterator[EmulatorServer]:
-        server = self.free[platform].get()
-        try:
-            yield server
-        finally:
-            self.free[platform].put(server)
+    def take(self, platform: str) -> EmulatorServer:
+        return self.free[platform].get()
+
+    def give(self, server: EmulatorServer) -> None:
+        """Back to the pool, for the next cell (only after a cell that passed: see
+        :meth:`retire`)."""
+        self.free[server.platform].put(server)
+
+    def retire(self, server: EmulatorServer) -> None:
+        """Stop ``server`` and put a fresh emulator of its platform in the pool instead. A cell
+        that failed or could not run may leave a Dagster run behind that launches later (the
+        daemon's retry of a crashed run can come minutes after the cell stopped waiting for
+        it): on a reused emulator, that launch took the next cell's script and showed in its
+        record (langgraph, dagster-op no_cancel_on_kill: 2 launches, its own run succeeded)."""
+        with contextlib.suppress(OSError):
+            server.stop()
+        with self.lock:
+            self.retired += 1
+            index = len(self.servers)
+        replacement = self._start(server.platform, index)
+        with self.lock:
+            self.servers.append(replacement)
+        self.free[server.platform].put(replacement)
 
     def stop(self) -> None:
         for server in self.servers:
@@ -171,12 +191,22 @@ class CellRunner:
     def _run(self, cell: Cell) -> Result:
         result = Result(cell)
         began = time.monotonic()
+        server = self.pool.take(cell.platform)
         try:
-            with self.pool.hold(cell.platform) as server:
-                run_cell(self.deployment, server, cell, result)
+            run_cell(self.deployment, server, cell, result)
         except Exception:
             result.crashed = traceback.format_exc()[-3000:]
-        result.seconds = time.monotonic() - began
+        finally:
+            result.seconds = time.monotonic() - began
+            if result.crashed is None and not result.problems:
+                self.pool.give(server)
+            else:  # its Dagster runs may still launch or cancel: never reuse that emulator
+                try:
+                    self.pool.retire(server)
+                except Exception:  # no replacement: the cell's outcome stands, say why
+                    result.problems.append(
+                        "the emulator could not be replaced: " + traceback.format_exc()[-500:]
+                    )
         return result
 
 
