@@ -101,19 +101,20 @@ def selected_cells(items: Iterable[Any]) -> list[Cell]:
 
 class EmulatorPool:
     """``size`` emulator processes per platform, each with a saved ``RunbridgeCredentials``
-    block ``rb-<platform>-<n>``; a cell takes one and gives it back."""
+    block ``rb-<platform>-<n>``; a cell takes one and gives it back, or, when it did not pass,
+    retires it (:meth:`retire`)."""
 
     def __init__(self, platforms: Iterable[str], size: int, directory: Path) -> None:
         self.servers: list[tuple[str, EmulatorServer]] = []
         self._free: dict[str, list[tuple[str, EmulatorServer]]] = {}
         self._cond = threading.Condition()
+        self._directory = directory
+        self.retired = 0
+        """Emulators stopped and replaced after a cell that did not pass."""
         wanted = [(p, n) for p in platforms for n in range(size)]
 
         def start(pn: tuple[str, int]) -> tuple[tuple[str, int], EmulatorServer]:
-            # a directory each: start_emulator reads the URL from its log file, named by platform
-            place = directory / f"emulator-{pn[0]}-{pn[1]}"
-            place.mkdir(parents=True, exist_ok=True)
-            return pn, start_emulator(pn[0], place)
+            return pn, self._start(pn[0], str(pn[1]))
 
         with ThreadPoolExecutor(max_workers=max(1, len(wanted))) as starting:
             started = list(starting.map(start, wanted))
@@ -123,18 +124,15 @@ class EmulatorPool:
             self.servers.append(entry)
             self._free.setdefault(platform, []).append(entry)
 
+    def _start(self, platform: str, name: str) -> EmulatorServer:
+        # a directory each: start_emulator reads the URL from its log file, named by platform
+        place = self._directory / f"emulator-{platform}-{name}"
+        place.mkdir(parents=True, exist_ok=True)
+        return start_emulator(platform, place)
+
     def save_blocks(self) -> None:
-        from pydantic import SecretStr
-
-        from runbridge.prefect_blocks import RunbridgeCredentials
-
         for block, server in self.servers:
-            RunbridgeCredentials(
-                platform=server.platform,
-                base_url=server.url,
-                token=SecretStr(server.token),
-                options=server.options or {},
-            ).save(block, overwrite=True)
+            _save_block(block, server)
 
     def take(self, platform: str) -> tuple[str, EmulatorServer]:
         with self._cond:
@@ -147,12 +145,45 @@ class EmulatorPool:
             self._free.setdefault(entry[1].platform, []).append(entry)
             self._cond.notify_all()
 
+    def retire(self, entry: tuple[str, EmulatorServer]) -> None:
+        """Stop the emulator of a cell that did not pass and put a fresh one, with a block of
+        a new name, in the pool instead: a flow run that cell left behind may still launch
+        (on a reused emulator, that launch takes the next cell's script and counts in its
+        record), and a pool that only shrank would leave later cells waiting forever."""
+        _, server = entry
+        try:
+            server.stop()
+        except OSError:
+            pass
+        with self._cond:
+            self.retired += 1
+            name = f"r{self.retired}"
+        replacement = (f"rb-{server.platform}-{name}", self._start(server.platform, name))
+        _save_block(*replacement)
+        with self._cond:
+            self.servers.append(replacement)
+        self.give(replacement)
+
     def stop(self) -> None:
         for _, server in self.servers:
             try:
                 server.stop()
             except OSError:
                 pass
+
+
+def _save_block(block: str, server: EmulatorServer) -> None:
+    """The ``RunbridgeCredentials`` block ``block`` for ``server`` (the flows load it by name)."""
+    from pydantic import SecretStr
+
+    from runbridge.prefect_blocks import RunbridgeCredentials
+
+    RunbridgeCredentials(
+        platform=server.platform,
+        base_url=server.url,
+        token=SecretStr(server.token),
+        options=server.options or {},
+    ).save(block, overwrite=True)
 
 
 def outcome(state_type: str) -> str:
@@ -221,10 +252,15 @@ class CellRunner:
             result.crashed = f"{type(exc).__name__}: {exc}"
         finally:
             result.seconds = time.monotonic() - began
-            if result.crashed is None:
+            if result.crashed is None and not result.problems:
                 self.pool.give(entry)
             else:  # its flow run may still launch later: stop it, and retire the emulator
-                self._abandon(result.flow_run)
+                if result.crashed is not None:
+                    self._abandon(result.flow_run)
+                try:
+                    self.pool.retire(entry)
+                except Exception as exc:  # no replacement: the cell's outcome stands
+                    result.problems.append(f"the emulator could not be replaced: {exc!r}")
             with self._lock:
                 self.results.append(result)
         return result
