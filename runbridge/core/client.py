@@ -39,8 +39,10 @@ import httpx
 
 from .. import __version__
 from .config import (
+    DEFAULT_COALESCE,
     DEFAULT_ERROR_WINDOW,
     DEFAULT_MAX_BODY,
+    DEFAULT_MAX_LONG_POLLS,
     DEFAULT_REQUEST_TIMEOUT,
     check_base_url,
     seconds,
@@ -584,9 +586,9 @@ class AsyncRunClient(_BaseClient):
         *,
         client: httpx.AsyncClient | None = None,
         max_in_flight: int = 50,
-        max_long_polls: int = 50,
+        max_long_polls: int = DEFAULT_MAX_LONG_POLLS,
         max_rps: float | None = None,
-        coalesce: float = 1.0,
+        coalesce: float = DEFAULT_COALESCE,
         **kwargs: Any,
     ) -> None:
         super().__init__(platform, base_url, token, **kwargs)

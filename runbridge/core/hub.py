@@ -43,6 +43,7 @@ import math
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .config import DEFAULT_COALESCE
 from .errors import ConfigError, RateLimited, RunbridgeError, TransportError
 from .flows import FINAL_CHECK, Cancel, Check, FlowContext, Join, WaitState, wait_steps
 from .http import Sleep
@@ -68,7 +69,7 @@ class HubOptions:
     """Requests per second for the whole client (every wait, launch and cancel); None: no cap."""
     burst: int = 10
     """Requests that may start at once after a quiet spell, under ``max_rps``."""
-    coalesce: float = 1.0
+    coalesce: float = DEFAULT_COALESCE
     """At most this many seconds early a sleeping wait may be checked to share a batch."""
     max_pause: float = 120.0
     """The longest pause a 429's Retry-After may impose on the hub."""
