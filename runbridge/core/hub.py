@@ -19,6 +19,10 @@ The rules it keeps:
 * **Batches never make a check late.** A check is sent when it falls due. A sleeping wait
   whose check is due soon (within ``coalesce`` seconds and half its sleep) is woken early to
   fill a batch that is going anyway, never to make one: pulling it forward costs no request.
+  The one exception: a wait's *first* check is held up to ``coalesce`` seconds and half its
+  first poll interval (never past its deadline) for others of its group, since waits that start
+  one after another would each go alone; a full batch of held checks, or a batch going anyway,
+  takes it at once (:meth:`Plan.hold`).
 * **A failed batch is retried once as a batch, then its runs are checked one by one**, so one
   bad id cannot block the others; a run missing from an answer, or answered with an error of
   its own (not found), is checked alone, where a 404 is that wait's error alone.
