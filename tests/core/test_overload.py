@@ -17,10 +17,13 @@ import time
 import pytest
 
 from runbridge.core import AsyncRunClient, RetryPolicy, TransportError, WaitTimeout
-from runbridge.core.flows import FINAL_CHECK
+from runbridge.core.flows import FINAL_CHECK, FlowContext
+from runbridge.core.http import Request
+from runbridge.core.providers.rest import RestProvider
 from runbridge.testing.rest import REST_CONFIG
 
 from . import hostile
+from .helpers import FakeClock
 
 RUNNING = {"run": {"id": "r-1", "status": "running"}}
 SLOW = 0.4
@@ -33,6 +36,25 @@ def slow(conn: hostile.Conn, request: hostile.Received) -> bool:
         return False
     body = json.dumps(RUNNING).encode()
     return conn.answer(200, body, {"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize(
+    ("deadline_in", "timeout", "limit"),
+    [(None, 30.0, None), (100.0, 30.0, 100.0), (12.5, 12.5, 12.5)],
+)
+def test_the_flow_hands_each_request_its_timeout_and_what_is_left_of_the_deadline(
+    deadline_in: float | None, timeout: float, limit: float | None
+) -> None:
+    """On the fake clock: the request's ``timeout`` is the request budget, lowered to what is
+    left of the operation's deadline; ``limit`` is what is left (None: no deadline), which a
+    queueing driver keeps queue and exchange within."""
+    clock = FakeClock()
+    ctx = FlowContext(RestProvider(**REST_CONFIG), RetryPolicy.none(), clock=clock)
+    ctx.deadline = None if deadline_in is None else clock.now + deadline_in
+    flow = ctx.send(Request("GET", "/api/v1/runs/r-1"))
+    sent = next(flow)
+    assert isinstance(sent, Request)
+    assert (sent.timeout, sent.limit) == (timeout, limit)
 
 
 @pytest.mark.anyio
