@@ -148,6 +148,20 @@ def _rest_options(variant: str) -> dict[str, Any]:
     return options
 
 
+def _client_options(pairs: list[str]) -> dict[str, Any]:
+    """``--client-option NAME=VALUE`` pairs, each value read as JSON where it is JSON."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--client-option wants NAME=VALUE, got {pair!r}")
+        try:
+            options[name] = json.loads(value)
+        except ValueError:
+            options[name] = value
+    return options
+
+
 def _airflow_env(cfg: dict[str, Any]) -> None:
     """Airflow in a throwaway home (as tests/airflow/conftest.py), the two connections."""
     home = Path(tempfile.mkdtemp(prefix="runbridge-bench-airflow-"))
@@ -224,6 +238,7 @@ async def _run_variant(cfg: dict[str, Any]) -> dict[str, Any]:
     check: Any = None
     closers: list[Any] = []
     rb_client: Any = None
+    hub_client: Any = None  # the AsyncRunClient whose hub runs the waits (runbridge, trigger)
     if variant in ("bare", "capped", "httpx-aiohttp"):
         import httpx
 
@@ -292,6 +307,7 @@ async def _run_variant(cfg: dict[str, Any]) -> dict[str, Any]:
             kwargs["client"] = httpx.AsyncClient(limits=limits)
             kwargs["max_in_flight"] = 10
             closers.append(kwargs["client"].aclose)
+        kwargs.update(cfg.get("client_options") or {})
         rb_client = AsyncRunClient(
             "rest",
             base_url,
@@ -302,6 +318,7 @@ async def _run_variant(cfg: dict[str, Any]) -> dict[str, Any]:
             **kwargs,
         )
         closers.append(rb_client.aclose)
+        hub_client = rb_client
         transport = type(rb_client._http).__name__
     elif variant.startswith("trigger"):
         _airflow_env(cfg)
@@ -314,6 +331,7 @@ async def _run_variant(cfg: dict[str, Any]) -> dict[str, Any]:
         holder = shared_async_client(config, linger=None)
         shared = await holder.__aenter__()
         shared.hooks.append(hook)
+        hub_client = shared
         transport = type(shared._http).__name__
         poll = {"first": interval, "factor": 1.0, "cap": interval, "jitter": 0.0}
     elif variant == DBT:
@@ -506,6 +524,20 @@ async def _run_variant(cfg: dict[str, Any]) -> dict[str, Any]:
             "wall_s": wall,
             "server_cpu_s": after["cpu_seconds"] - before["cpu_seconds"],
         }
+        if hub_client is not None:  # why checks went alone (core/hub.py's counters)
+            hubs = list(getattr(hub_client, "_hubs", {}).values())
+            singles: dict[str, int] = {}
+            for hub in hubs:
+                for why, count in getattr(hub, "singles", {}).items():
+                    singles[why] = singles.get(why, 0) + count
+            batched = sum(getattr(hub, "batched_checks", 0) for hub in hubs)
+            alone = sum(singles.values())
+            result["hub"] = {
+                "batches": sum(getattr(hub, "batches_sent", 0) for hub in hubs),
+                "batched_checks": batched,
+                "singles": singles,
+                "batched_share": batched / (batched + alone) if batched + alone else None,
+            }
         result["other_cpu_s"] = max(
             0.0, result["machine_busy_cpu_s"] - result["cpu_s"] - result["server_cpu_s"]
         )
@@ -710,6 +742,13 @@ def targets(
                 f"- {name}: {r['requests_per_cycle']:.1f} requests per poll cycle, {fewer:.1f}x "
                 f"fewer than unbatched -> {verdict(fewer >= 20)} (>= 20x)"
             )
+        hub = r.get("hub")
+        if batched and hub and hub.get("batched_share") is not None:
+            why = ", ".join(f"{k} {v}" for k, v in sorted(hub["singles"].items())) or "none"
+            out.append(
+                f"- {name}: {hub['batched_share']:.1%} of checks went in batches "
+                f"({hub['batches']} batches, {hub['batched_checks']} checks; alone: {why})"
+            )
         share = r["checks"] / r["due_checks"] if r["due_checks"] else 0.0
         p99 = r["detection_p99_s"]
         out.append(
@@ -753,6 +792,14 @@ def main() -> None:
     parser.add_argument("--burn", action="store_true", help="a busy process on the client's CPU")
     parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--dbt-deps", type=Path, default=DBT_DEPS)
+    parser.add_argument(
+        "--client-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an AsyncRunClient argument for the runbridge contenders (max_in_flight=10, "
+        "request_timeout=2, ...: an overload made on purpose); repeatable",
+    )
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--report", metavar="PATH")
     args = parser.parse_args()
@@ -836,6 +883,7 @@ def main() -> None:
         "budget": budget,
         "cpu": client_cpu,
         "dbt_deps": str(args.dbt_deps),
+        "client_options": _client_options(args.client_option),
     }
 
     def phase(cfg: dict[str, Any], what: str) -> dict[str, Any]:

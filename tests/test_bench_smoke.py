@@ -35,7 +35,10 @@ def run(args: list[str], timeout: float = 120.0) -> str:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        },
     )
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -108,3 +111,41 @@ def test_concurrent_waits_runs(tmp_path: Path) -> None:
 def test_check_overhead_runs() -> None:
     out = run(["bench/check_overhead.py", "--checks=300", "--rounds=1"], timeout=60)
     assert "runbridge adds" in out
+
+
+def test_langgraph_joins_runs_and_keeps_the_joins_within_the_bound(tmp_path: Path) -> None:
+    out_json = tmp_path / "joins.json"
+    out = run(
+        [
+            "bench/langgraph_joins.py",
+            "--runs=8",
+            "--interval=0.3",
+            "--ends=0.5,1",
+            f"--json={out_json}",
+        ],
+        timeout=90,
+    )
+    result = json.loads(out_json.read_text())["result"]
+    assert result["done"] == 8 and result["failures"] == [], out[-3000:]
+    assert 1 <= result["peak_joins"] <= result["max_long_polls"]  # joins were used, bounded
+    assert result["requests"].get("join", 0) >= 1
+    assert result["delay_max_s"] is not None
+
+
+def test_http2_bench_runs_where_hypercorn_is_installed(tmp_path: Path) -> None:
+    pytest.importorskip("hypercorn")  # not a runbridge dependency (docs/benchmarks.md)
+    out_json = tmp_path / "http2.json"
+    run(
+        [
+            "bench/http2.py",
+            "--waits=10",
+            "--interval=0.5",
+            "--seconds=1",
+            "--contenders=aiohttp-h1,httpx-h2",
+            f"--json={out_json}",
+        ],
+        timeout=90,
+    )
+    results = {r["kind"]: r for r in json.loads(out_json.read_text())["results"]}
+    assert results["httpx-h2"]["protocol"] == "HTTP/2"
+    assert all(r["checks"] >= 10 and r["errors"] == 0 for r in results.values())

@@ -39,8 +39,10 @@ import httpx
 
 from .. import __version__
 from .config import (
+    DEFAULT_COALESCE,
     DEFAULT_ERROR_WINDOW,
     DEFAULT_MAX_BODY,
+    DEFAULT_MAX_LONG_POLLS,
     DEFAULT_REQUEST_TIMEOUT,
     check_base_url,
     seconds,
@@ -584,9 +586,9 @@ class AsyncRunClient(_BaseClient):
         *,
         client: httpx.AsyncClient | None = None,
         max_in_flight: int = 50,
-        max_long_polls: int = 50,
+        max_long_polls: int = DEFAULT_MAX_LONG_POLLS,
         max_rps: float | None = None,
-        coalesce: float = 1.0,
+        coalesce: float = DEFAULT_COALESCE,
         **kwargs: Any,
     ) -> None:
         super().__init__(platform, base_url, token, **kwargs)
@@ -688,41 +690,52 @@ class AsyncRunClient(_BaseClient):
             self.throttled(time.monotonic(), retry_after if retry_after else DEFAULT_PAUSE)
 
     async def _send(self, request: Request) -> Response:
+        """Queue for the request budget's turn and an in-flight slot (a blocking call: a
+        long-poll place instead), then exchange. Each phase is bounded by the request's
+        ``timeout``, the two together by its ``limit`` (the operation's deadline): a request
+        that waited for its turn still gets its whole time for the exchange (cutting it off
+        closes its connection: under overload that turned a backlog into a collapse, each
+        late check a new TLS handshake), and a wait still ends by its deadline."""
         budget = request.timeout if request.timeout is not None else self.request_timeout
+        queued_at = time.monotonic()
         if request.long_poll:
             if self._long_polls >= self._max_long_polls:
                 raise LongPollUnavailable("too many blocking calls open")
             self._long_polls += 1
             try:
-                queued = True
-                try:
-                    async with _time_limit(budget):
-                        await self._take_budget()
-                        queued = False
-                        response = await self._exchange(request)
-                except httpx.ReadTimeout:
-                    if queued:
-                        raise httpx.PoolTimeout("the request budget had no turn in time") from None
-                    raise
-                self._note_answer(response)
-                return response
+                await self._queue(budget, slot=False)
+                response = await self._exchange_within(request, budget, queued_at)
             finally:
                 self._long_polls -= 1
-        # the time limit covers the wait for a slot and for the budget's turn too: a request
-        # queued behind hanging ones (of longer waits) still ends by its deadline
-        queued = True
+        else:
+            await self._queue(budget, slot=True)
+            try:
+                response = await self._exchange_within(request, budget, queued_at)
+            finally:
+                self._in_flight.release()
+        self._note_answer(response)
+        return response
+
+    async def _queue(self, budget: float, *, slot: bool) -> None:
+        """The request budget's turn, then (``slot``) an in-flight slot, at most ``budget``
+        seconds in all; past it the request was never sent (safe to send again, even a POST):
+        ``httpx.PoolTimeout``."""
         try:
             async with _time_limit(budget):
                 await self._take_budget()
-                async with self._in_flight:
-                    queued = False
-                    response = await self._exchange(request)
+                if slot:
+                    await self._in_flight.acquire()
         except httpx.ReadTimeout:
-            if queued:  # never sent: safe to send again, even a POST
-                raise httpx.PoolTimeout("no request slot came free in time") from None
-            raise
-        self._note_answer(response)
-        return response
+            raise httpx.PoolTimeout("no turn to send the request came in time") from None
+
+    async def _exchange_within(self, request: Request, budget: float, queued_at: float) -> Response:
+        """The exchange, given ``budget`` seconds of its own, never past the request's limit."""
+        if request.limit is not None:
+            budget = min(budget, request.limit - (time.monotonic() - queued_at))
+            if budget <= 0:  # the queue took what the operation had left: never sent
+                raise httpx.PoolTimeout("the deadline passed while the request waited its turn")
+        async with _time_limit(budget):
+            return await self._exchange(request)
 
     async def _drive(self, flow: Flow[T], save: SaveRecord | None = None) -> T:
         try:

@@ -48,6 +48,10 @@ DEFAULT_ERROR_WINDOW = 600.0
 """Seconds of transient errors (5xx, 429, network, unreadable answers) a wait tolerates."""
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 """The largest response body read (bytes); a larger one is a ProtocolError naming its size."""
+DEFAULT_COALESCE = 1.0
+"""Seconds early a sleeping wait may be checked to share a batch going anyway (the hub)."""
+DEFAULT_MAX_LONG_POLLS = 50
+"""Blocking calls (joins, watches) one async client keeps open at most; the others poll."""
 
 
 def check_base_url(value: Any) -> str:
@@ -127,6 +131,12 @@ class ClientConfig:
     """Requests per second for all waits, launches and cancels of one async client (its hub's
     budget: every wait of a connection in a triggerer, a worker, a sensor shares it); None: no
     cap. A 429's Retry-After pauses the hub's checks whatever this is."""
+    coalesce: float = DEFAULT_COALESCE
+    """Seconds early the hub may check a sleeping wait so that it shares a batch request going
+    anyway (and the longest a wait's first check is held for others); 0: never."""
+    max_long_polls: int = DEFAULT_MAX_LONG_POLLS
+    """Blocking calls (joins, watch streams) one async client keeps open at most; a wait beyond
+    it polls on its own schedule (never noticing its run's end later than that allows)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.platform, str) or not self.platform.strip():
@@ -149,9 +159,14 @@ class ClientConfig:
             raise ConfigError(f"max_body must be at least 1024 bytes, got {self.max_body}")
         from .hub import HubOptions
 
-        HubOptions(max_rps=self.max_rps)  # a positive finite number or None, else ConfigError
+        # max_rps: a positive finite number or None; coalesce: seconds >= 0 (else ConfigError)
+        HubOptions(max_rps=self.max_rps, coalesce=self.coalesce)
         if self.max_rps is not None:
             object.__setattr__(self, "max_rps", float(self.max_rps))
+        object.__setattr__(self, "coalesce", float(self.coalesce))
+        polls = self.max_long_polls
+        if isinstance(polls, bool) or not isinstance(polls, int) or polls < 0:
+            raise ConfigError(f"max_long_polls must be an integer >= 0, got {polls!r}")
         # the provider checks its options now, not at the first request
         from .registry import create_provider
 
@@ -201,6 +216,8 @@ class ClientConfig:
             "error_window": self.error_window,
             "max_body": self.max_body,
             "max_rps": self.max_rps,
+            "coalesce": self.coalesce,
+            "max_long_polls": self.max_long_polls,
         }
         if token:
             data["token"] = self.token
@@ -222,6 +239,15 @@ class ClientConfig:
             "error_window": self.error_window,
             "max_body": self.max_body,
             **self.options,
+        }
+
+    def hub_kwargs(self) -> dict[str, Any]:
+        """The async client's own settings (its hub's budget and bounds): the sync client has
+        no hub."""
+        return {
+            "max_rps": self.max_rps,
+            "coalesce": self.coalesce,
+            "max_long_polls": self.max_long_polls,
         }
 
     def check_connection(self, *, timeout: float = 10.0) -> tuple[bool, str]:
@@ -293,5 +319,5 @@ class ClientConfig:
         """A new :class:`~runbridge.AsyncRunClient` (for a shared one, see ``core.shared``)."""
         from .client import AsyncRunClient
 
-        kwargs = {**self.client_kwargs(), "max_rps": self.max_rps, **overrides}
+        kwargs = {**self.client_kwargs(), **self.hub_kwargs(), **overrides}
         return AsyncRunClient(self.platform, self.base_url, self.token, **kwargs)

@@ -488,7 +488,7 @@ class FlowContext:
                     )
                 budget = min(budget, left)
             try:
-                response: Response = yield dataclasses.replace(request, timeout=budget)
+                response: Response = yield dataclasses.replace(request, timeout=budget, limit=left)
             except TransportError as exc:
                 # A long poll that ran out is news for the wait loop, not a failure to retry.
                 if request.long_poll and exc.timeout:

@@ -46,6 +46,13 @@ class Request:
     """The most this request may take in all (connect, send, every byte of the answer); None
     uses the client's ``request_timeout``. The flow lowers it to what is left of the
     operation's deadline before the request is sent. For a long poll: how long to hold it."""
+    limit: float | None = None
+    """What is left of the operation's deadline when the flow hands the request over (None:
+    no deadline). A driver that queues requests (for an in-flight slot, or the request
+    budget's turn) bounds the queueing by ``timeout`` and then gives the exchange itself up
+    to ``timeout`` again, never past ``limit``: a request that waited for its turn is not cut
+    off mid-exchange (which closes its connection), and an operation still ends by its
+    deadline. A driver that does not queue treats ``timeout`` as the whole bound."""
     retry: bool | None = None
     """May the driver resend it after a retryable failure? None: only idempotent methods."""
     long_poll: bool = False

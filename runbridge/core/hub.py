@@ -19,6 +19,10 @@ The rules it keeps:
 * **Batches never make a check late.** A check is sent when it falls due. A sleeping wait
   whose check is due soon (within ``coalesce`` seconds and half its sleep) is woken early to
   fill a batch that is going anyway, never to make one: pulling it forward costs no request.
+  The one exception: a wait's *first* check is held up to ``coalesce`` seconds and half its
+  first poll interval (never past its deadline) for others of its group, since waits that start
+  one after another would each go alone; a full batch of held checks, or a batch going anyway,
+  takes it at once (:meth:`Plan.hold`).
 * **A failed batch is retried once as a batch, then its runs are checked one by one**, so one
   bad id cannot block the others; a run missing from an answer, or answered with an error of
   its own (not found), is checked alone, where a 404 is that wait's error alone.
@@ -43,8 +47,9 @@ import math
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .config import DEFAULT_COALESCE
 from .errors import ConfigError, RateLimited, RunbridgeError, TransportError
-from .flows import Cancel, Check, FlowContext, Join, WaitState, wait_steps
+from .flows import FINAL_CHECK, Cancel, Check, FlowContext, Join, WaitState, wait_steps
 from .http import Sleep
 from .models import RunRef, RunStatus
 from .schedule import RetryPolicy
@@ -68,7 +73,7 @@ class HubOptions:
     """Requests per second for the whole client (every wait, launch and cancel); None: no cap."""
     burst: int = 10
     """Requests that may start at once after a quiet spell, under ``max_rps``."""
-    coalesce: float = 1.0
+    coalesce: float = DEFAULT_COALESCE
     """At most this many seconds early a sleeping wait may be checked to share a batch."""
     max_pause: float = 120.0
     """The longest pause a 429's Retry-After may impose on the hub."""
@@ -153,6 +158,8 @@ class _Entry:
     asleep: bool = False
     """In a poll sleep (True) or asking for a check now (False)."""
     in_batch: bool = False
+    held: bool = False
+    """A check held back (asleep until ``due``) for others of its group to share its batch."""
     deadline: float = math.inf
     """The request deadline of the check it asks for or waits on (inf: none)."""
     version: int = 0
@@ -185,19 +192,33 @@ class Plan:
         """(deadline, version, key) of waits asking for a check or out in a batch."""
         self._wanted: dict[int, None] = {}
         """Waits asking for a check (not yet in a batch), in the order they asked."""
+        self._held: dict[Hashable, dict[int, None]] = {}
+        """Held checks (:meth:`hold`) by group, in the order they were held."""
 
     # -- where each wait is --------------------------------------------------------------------
     def add(self, key: int, ref: RunRef, group: Hashable | None = ()) -> None:
         self.entries[key] = _Entry(ref, group if self.max_batch > 1 else None)
 
     def remove(self, key: int) -> None:
-        self.entries.pop(key, None)
+        entry = self.entries.pop(key, None)
         self._wanted.pop(key, None)
+        if entry is not None and entry.held:
+            self._unhold(key, entry)
+
+    def _unhold(self, key: int, entry: _Entry) -> None:
+        entry.held = False
+        held = self._held.get(entry.group)
+        if held is not None:
+            held.pop(key, None)
+            if not held:
+                del self._held[entry.group]
 
     def _change(self, key: int) -> _Entry:
         entry = self.entries[key]
         entry.version += 1
         self._wanted.pop(key, None)
+        if entry.held:
+            self._unhold(key, entry)
         return entry
 
     def sleep(self, key: int, now: float, seconds: float) -> None:
@@ -208,6 +229,22 @@ class Plan:
         entry.earliest = entry.due - slack
         entry.asleep, entry.in_batch, entry.deadline = True, False, math.inf
         heapq.heappush(self._sleepers, (entry.due, entry.version, key))
+
+    def hold(self, key: int, now: float, seconds: float) -> None:
+        """A check asked for that may wait up to ``seconds`` for others of its group to share
+        its batch (a wait's first check: waits that start one after another would each go
+        alone). Kept like a sleeper that may be pulled forward at once: it is woken when
+        ``seconds`` pass, when a batch of its group goes anyway (to fill its free places), or
+        as soon as its group holds a full batch. The caller then asks for the check
+        (:meth:`want_check`). Without a batch form (or a group), nothing is held."""
+        entry = self.entries[key]
+        if self.max_batch == 1 or entry.group is None or seconds <= 0:
+            seconds = 0.0
+        self.sleep(key, now, seconds)
+        entry.earliest = now
+        if seconds > 0:
+            entry.held = True
+            self._held.setdefault(entry.group, {})[key] = None
 
     def want_check(self, key: int, now: float, deadline: float | None = None) -> None:
         entry = self._change(key)
@@ -253,10 +290,21 @@ class Plan:
         heap = self._sleepers
         while heap and heap[0][0] <= now:
             item = heapq.heappop(heap)
-            if self._current(item, asleep=True) is not None:
+            entry = self._current(item, asleep=True)
+            if entry is not None:
                 woken.append(item[2])
+                if entry.held:
+                    self._unhold(item[2], entry)
+        if not paused:  # a full batch of held checks goes at once
+            for held in list(self._held.values()):
+                while len(held) >= self.max_batch:
+                    for key in list(held)[: self.max_batch]:
+                        entry = self.entries[key]
+                        entry.asleep = False  # its heap item goes stale
+                        self._unhold(key, entry)
+                        woken.append(key)
         if paused or self.max_batch == 1 or not (woken or self._wanted):
-            return woken
+            return self._woken(woken)
         counts: dict[Hashable, int] = {}
         for key in itertools.chain(woken, self._wanted):
             group = self.entries[key].group
@@ -279,6 +327,14 @@ class Plan:
                 aside.append(item)
         for item in aside:
             heapq.heappush(heap, item)
+        return self._woken(woken)
+
+    def _woken(self, woken: list[int]) -> list[int]:
+        for key in woken:
+            entry = self.entries[key]
+            entry.asleep = False
+            if entry.held:
+                self._unhold(key, entry)
         return woken
 
     def batches(self, now: float, paused: bool = False) -> list[list[int]]:
@@ -399,6 +455,10 @@ class _Wait:
     task: asyncio.Future[Any] | None = None
     """The single check, join, cancel or inbox sleep under way for it."""
     step: Any = None
+    checks: int = 0
+    """Checks sent for it so far (single or batched)."""
+    held: bool = False
+    """Its check is held in the plan (:meth:`Plan.hold`) for others to share its batch."""
 
 
 class Hub:
@@ -412,6 +472,8 @@ class Hub:
         provider = client.provider
         self.batching = provider.max_batch > 1
         self.plan = Plan(provider.max_batch, client.hub_options.coalesce)
+        self.hold = client.hub_options.coalesce
+        """The longest a wait's first check is held for others to share its batch."""
         self.budget = client.budget
         self._waits: dict[int, _Wait] = {}
         self._ids = itertools.count()
@@ -421,8 +483,15 @@ class Hub:
         self._tasks: set[asyncio.Future[Any]] = set()
         self.batches_sent = 0
         """Batch requests sent (retries included), for tests and benchmarks."""
+        self.batched_checks = 0
+        """Runs checked in those batches (a run in a retried batch counts twice)."""
         self.singles_sent = 0
         """Checks sent one run at a time."""
+        self.singles: dict[str, int] = {}
+        """Those single checks by why they went alone: ``alone`` (no other check of its group
+        due), ``first`` (a wait's first check, alone), ``no_group`` (the provider batches no
+        check of this run, or has no batch form), ``fallback`` (its batch failed twice),
+        ``missing`` (absent from a batch answer, or answered with an error of its own)."""
         self.largest_batch = 0
 
     # -- entry point -------------------------------------------------------------------------
@@ -465,6 +534,7 @@ class Hub:
 
     def _step(self, wait: _Wait, value: Any, error: BaseException | None) -> None:
         wait.task = None
+        wait.held = False
         try:
             step = wait.steps.throw(error) if error is not None else wait.steps.send(value)
         except StopIteration as stop:
@@ -485,7 +555,7 @@ class Hub:
             else:
                 self.plan.sleep(key, self.clock(), step.seconds)
         elif isinstance(step, Check):
-            self.plan.want_check(key, self.clock(), state.request_deadline())
+            self._want_check(wait)
         elif isinstance(step, Join):
             if self.client.long_poll_free():
                 self.plan.busy(key)
@@ -500,6 +570,22 @@ class Hub:
         else:  # pragma: no cover - wait_steps yields nothing else
             raise AssertionError(f"unexpected wait step {step!r}")
         self._kick()
+
+    def _want_check(self, wait: _Wait) -> None:
+        """File the wait's check with the plan. A wait's first check (waits start one after
+        another: each would go alone) is held up to ``hold`` seconds for others of its group,
+        less than half its first poll interval and never past its deadline; a check of a
+        batch going anyway, or a full batch of held checks, goes at once."""
+        now, deadline = self.clock(), wait.state.request_deadline()
+        if self.batching and wait.checks == 0:
+            hold = min(self.hold, 0.5 * wait.state.options.poll.first)
+            if deadline is not None:
+                hold = min(hold, deadline - FINAL_CHECK - now)
+            if hold > 0:
+                wait.held = True
+                self.plan.hold(wait.key, now, hold)
+                return
+        self.plan.want_check(wait.key, now, deadline)
 
     def _forget(self, wait: _Wait) -> None:
         self.plan.remove(wait.key)
@@ -541,14 +627,23 @@ class Hub:
         paused = self.budget.paused(now) > 0
         for key in plan.wake(now, paused):
             wait = self._waits.get(key)
-            if wait is not None:
+            if wait is None:
+                continue
+            if wait.held:  # a held check goes now (with the batch it fills, or its group's)
+                wait.held = False
+                plan.want_check(key, now, wait.state.request_deadline())
+            else:
                 self._advance(wait, None, None)  # the sleep ends (early, to share a batch)
         now = self.clock()
         for keys in plan.batches(now, paused):
             waits = [self._waits[k] for k in keys if k in self._waits]
             if len(waits) == 1 or not self.batching:
                 for wait in waits:
-                    self._single(wait)
+                    if not self.batching or plan.entries[wait.key].group is None:
+                        why = "no_group"
+                    else:
+                        why = "alone" if wait.checks else "first"
+                    self._single(wait, why)
             elif waits:
                 self._track(self._batch(waits, 1))
         self._schedule(plan.next_at(self.budget.paused_until if paused else None))
@@ -584,12 +679,14 @@ class Hub:
         )
 
     # -- performing checks ---------------------------------------------------------------------
-    def _single(self, wait: _Wait) -> None:
+    def _single(self, wait: _Wait, why: str) -> None:
         """One run's check with the wait's own retries and deadline (as a wait alone has);
         while the hub is paused, sent when the pause ends (or, at the latest, at the wait's
         deadline, where it is not sent and the wait times out)."""
         self.plan.busy(wait.key)
         self.singles_sent += 1
+        self.singles[why] = self.singles.get(why, 0) + 1
+        wait.checks += 1
         deadline = wait.ctx.deadline = wait.state.request_deadline()
         now = self.clock()
         hold = self.budget.paused(now)
@@ -614,7 +711,10 @@ class Hub:
             return
         refs = list(dict.fromkeys(w.state.ref for w in waits))
         self.batches_sent += 1
+        self.batched_checks += len(refs)
         self.largest_batch = max(self.largest_batch, len(refs))
+        for member in waits:
+            member.checks += 1
         # one try per request: the hub decides about retries (once as a batch, then singles)
         ctx = FlowContext(
             self.client.provider,
@@ -658,8 +758,9 @@ class Hub:
                 await asyncio.sleep(self.client.retry.first)
                 await self._batch(retry, attempt + 1)
                 return
+        why = "fallback" if isinstance(answer, RunbridgeError) else "missing"
         for key in outcome.singles:
             wait = self._waits.get(key)
             if wait is not None:
-                self._single(wait)
+                self._single(wait, why)
         self._kick()

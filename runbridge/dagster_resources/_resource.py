@@ -24,7 +24,13 @@ from ..core import (
     RunState,
     RunStatus,
 )
-from ..core.config import DEFAULT_ERROR_WINDOW, DEFAULT_REQUEST_TIMEOUT, seconds
+from ..core.config import (
+    DEFAULT_COALESCE,
+    DEFAULT_ERROR_WINDOW,
+    DEFAULT_MAX_LONG_POLLS,
+    DEFAULT_REQUEST_TIMEOUT,
+    seconds,
+)
 
 if TYPE_CHECKING:
     from ._step import ExternalRunResult
@@ -109,6 +115,28 @@ class ExternalRunResource(dg.ConfigurableResource):
             "fails with the last one. A poll error never causes a relaunch."
         ),
     )
+    max_rps: float | None = Field(
+        default=None,
+        description=(
+            "Most requests per second to the platform from one process's waits, launches and "
+            "cancels together (a sensor's waits share one client); None: no cap. A 429 pauses "
+            "every check of the client for its Retry-After whatever this is."
+        ),
+    )
+    coalesce: float = Field(
+        default=DEFAULT_COALESCE,
+        description=(
+            "Where the platform answers many runs in one request: seconds early a wait may be "
+            "checked to share a batch that goes anyway (0: never)."
+        ),
+    )
+    max_long_polls: int = Field(
+        default=DEFAULT_MAX_LONG_POLLS,
+        description=(
+            "Most blocking wait calls (joins, watch streams) one client keeps open; waits "
+            "beyond it poll on their own schedule."
+        ),
+    )
 
     # -- the client configuration ---------------------------------------------------------------
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
@@ -153,6 +181,9 @@ class ExternalRunResource(dg.ConfigurableResource):
                 retry=retry,
                 poll=poll,
                 error_window=self.error_window,
+                max_rps=self.max_rps,
+                coalesce=self.coalesce,
+                max_long_polls=self.max_long_polls,
             )
         except ConfigError as exc:  # its messages name the field (the same names as here)
             raise ConfigError(f"ExternalRunResource: {exc}") from None

@@ -14,7 +14,9 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator, model_valida
 
 from ..core.client import AsyncRunClient, RunClient
 from ..core.config import (
+    DEFAULT_COALESCE,
     DEFAULT_ERROR_WINDOW,
+    DEFAULT_MAX_LONG_POLLS,
     DEFAULT_REQUEST_TIMEOUT,
     ClientConfig,
     check_base_url,
@@ -137,6 +139,28 @@ class RunbridgeCredentials(CredentialsBlock):
         ge=1,
         description="Each poll interval is this many times the previous one.",
     )
+    max_rps: float | None = Field(
+        default=None,
+        gt=0,
+        title="Requests per second",
+        description="The most requests per second to the platform from one worker's waits, "
+        "launches and cancels together (they share one client); empty: no cap. A 429 pauses "
+        "every check of the client for its Retry-After whatever this is.",
+    )
+    coalesce: float = Field(
+        default=DEFAULT_COALESCE,
+        ge=0,
+        title="Batch coalescing (seconds)",
+        description="Where the platform answers many runs in one request, how many seconds "
+        "early a wait may be checked to share a batch that goes anyway; 0: never.",
+    )
+    max_long_polls: int = Field(
+        default=DEFAULT_MAX_LONG_POLLS,
+        ge=0,
+        title="Blocking calls open",
+        description="The most blocking wait calls (joins, watch streams) one client keeps "
+        "open; waits beyond it poll on their own schedule.",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -173,6 +197,9 @@ class RunbridgeCredentials(CredentialsBlock):
             retry=RetryPolicy(attempts=self.retry_attempts),
             poll=self.poll_schedule(),
             error_window=self.error_window,
+            max_rps=self.max_rps,
+            coalesce=self.coalesce,
+            max_long_polls=self.max_long_polls,
         )
 
     def get_client(self, **overrides: Any) -> RunClient:

@@ -136,6 +136,73 @@ def test_without_a_batch_form_nothing_is_pulled_forward() -> None:
     assert plan.batches(10.0) == [[0]]
 
 
+# -- held first checks: waits that start one after another share batches ---------------------
+def test_a_held_check_goes_when_its_hold_ends_with_the_others_held_meanwhile() -> None:
+    """Waits starting 0.1 s apart: each first check alone would be a request each. Held up to
+    0.5 s, the first goes at 0.5 s and takes the ones held since (they may go at once)."""
+    plan = plan_with(4)
+    for key in range(4):
+        plan.hold(key, now=key / 10, seconds=0.5)
+    assert plan.batches(0.3) == []  # nothing asked for yet: held
+    assert plan.wake(0.3) == []
+    assert plan.next_at() == 0.5
+    assert plan.wake(0.5) == [0, 1, 2, 3]  # 0's hold ended; 1-3 fill its batch
+    for key in range(4):
+        plan.want_check(key, now=0.5)
+    assert plan.batches(0.5) == [[0, 1, 2, 3]]
+
+
+def test_a_full_batch_of_held_checks_goes_at_once() -> None:
+    plan = plan_with(5, max_batch=2)
+    plan.hold(0, now=0.0, seconds=1.0)
+    assert plan.wake(0.1) == []
+    plan.hold(1, now=0.1, seconds=1.0)
+    assert plan.wake(0.1) == [0, 1]  # two held: a full batch, no reason to wait
+    plan.hold(2, now=0.2, seconds=1.0)
+    assert plan.wake(0.2) == []  # alone again: held
+    assert plan.next_at() == pytest.approx(1.2)
+
+
+def test_held_checks_fill_a_batch_that_goes_anyway() -> None:
+    plan = plan_with(3)
+    plan.hold(0, now=0.0, seconds=1.0)
+    plan.hold(1, now=0.2, seconds=1.0)
+    plan.want_check(2, now=0.3)  # a check due now (not held): its batch takes the held ones
+    assert plan.wake(0.3) == [0, 1]
+
+
+def test_held_checks_of_other_groups_wait_for_their_own() -> None:
+    plan = Plan(10)
+    plan.add(0, ref(0), group="a")
+    plan.add(1, ref(1), group="b")
+    plan.hold(0, now=0.0, seconds=1.0)
+    plan.want_check(1, now=0.1)
+    assert plan.wake(0.1) == []  # 1's batch (group b) has no place for a check of group a
+    assert plan.batches(0.1) == [[1]]
+
+
+def test_nothing_is_held_without_a_batch_form_or_a_group() -> None:
+    plan = plan_with(1, max_batch=1)
+    plan.hold(0, now=0.0, seconds=1.0)
+    assert plan.wake(0.0) == [0]  # due at once
+    ungrouped = Plan(10)
+    ungrouped.add(0, ref(0), group=None)
+    ungrouped.hold(0, now=0.0, seconds=1.0)
+    assert ungrouped.wake(0.0) == [0]
+
+
+def test_a_held_wait_that_is_removed_or_moves_on_leaves_no_trace() -> None:
+    plan = plan_with(3, max_batch=2)
+    plan.hold(0, now=0.0, seconds=1.0)
+    plan.remove(0)
+    plan.hold(1, now=0.1, seconds=1.0)
+    assert plan.wake(0.1) == []  # 0 is gone: 1 alone is no full batch
+    plan.busy(1)  # e.g. its wait was cancelled into a join
+    plan.hold(2, now=0.2, seconds=1.0)
+    assert plan.wake(0.2) == []
+    assert plan.wake(1.2) == [2]
+
+
 def test_batches_are_cut_at_max_batch_oldest_due_first() -> None:
     plan = plan_with(5, max_batch=2)
     for key, at in zip(range(5), (3.0, 1.0, 2.0, 0.0, 4.0), strict=True):

@@ -101,43 +101,67 @@ async def test_checks_due_together_go_as_batches_within_the_apis_limit(
     assert hub.singles_sent == 0 and hub._waits == {}
 
 
+async def test_waits_that_start_one_after_another_share_their_first_checks_batch(
+    emu: RestEmulator, hub_client: tuple[AsyncRunClient, Sent]
+) -> None:
+    """Waits starting 10 ms apart (triggers resuming one by one): each first check is held
+    (up to half the first poll interval here, 0.1 s) for the others, so they go in a few
+    batches, not one request each; none is held past its hold."""
+    client, sent = hub_client
+    ids = runs(emu, 40, running=0.6)
+
+    async def wait_after(delay: float, run_id: str) -> Any:
+        await asyncio.sleep(delay)
+        return await client.wait(f"rest:{run_id}", wait_timeout=20)
+
+    start = time.monotonic()
+    results = await asyncio.gather(*(wait_after(i * 0.01, r) for i, r in enumerate(ids)))
+    assert [r.state for r in results] == [RunState.SUCCEEDED] * 40
+    hub = client.hub()
+    assert hub.singles.get("first", 0) <= 2, hub.singles  # (the last one or two may be alone)
+    first = sorted(sent.batches())[:1] + sorted(t for t, m, p in sent.log if m == "GET")[:1]
+    assert min(first) - start < 0.1 + 0.2  # the first check went within its hold (+ slack)
+
+
 # -- faults ------------------------------------------------------------------------------------
-async def test_a_batch_answered_500_once_is_sent_again_as_a_batch(
-    emu: RestEmulator, hub_client: tuple[AsyncRunClient, Sent]
+@pytest.mark.parametrize(
+    ("failures", "unknown", "alone"),
+    [
+        pytest.param(1, False, "none", id="500 once: sent again as a batch"),
+        pytest.param(2, False, "each", id="500 twice: each run checked alone"),
+        pytest.param(0, True, "unknown", id="an unknown id: that wait's error alone"),
+    ],
+)
+async def test_a_failed_batch_or_a_bad_id_never_blocks_the_other_waits(
+    emu: RestEmulator,
+    hub_client: tuple[AsyncRunClient, Sent],
+    failures: int,
+    unknown: bool,
+    alone: str,
 ) -> None:
+    """A batch answered 500 is sent again once as a batch, then its runs are checked alone;
+    an id the platform does not know is missing from the answer, checked alone, and is that
+    wait's RunNotFound alone. Every other wait ends with its run."""
     client, sent = hub_client
-    ids = runs(emu, 10, running=0.3)
-    emu.inject(Fault("status", status=500, path=BATCH_PATH, times=1))
-    results = await wait_all(client, ids)
-    assert [r.state for r in results] == [RunState.SUCCEEDED] * 10
-    assert len(emu.injected) == 1
-    assert sent.singles() == []  # the second try of the batch answered
-
-
-async def test_a_batch_failing_twice_falls_back_to_single_checks(
-    emu: RestEmulator, hub_client: tuple[AsyncRunClient, Sent]
-) -> None:
-    client, sent = hub_client
-    ids = runs(emu, 10, running=0.3)
-    emu.inject(Fault("status", status=500, path=BATCH_PATH, times=2))
-    results = await wait_all(client, ids)
-    assert [r.state for r in results] == [RunState.SUCCEEDED] * 10
-    assert len(emu.injected) == 2
-    first_singles = sent.singles()[:10]
-    assert sorted(p.rsplit("/", 1)[1] for p in first_singles) == sorted(ids)  # each alone
-    assert client.hub().singles_sent >= 10
-
-
-async def test_one_unknown_id_is_that_waits_error_alone(
-    emu: RestEmulator, hub_client: tuple[AsyncRunClient, Sent]
-) -> None:
-    client, sent = hub_client
-    ids = runs(emu, 9, running=0.3)
-    results = await wait_all(client, [*ids[:4], "no-such-run", *ids[4:]])
-    assert isinstance(results[4], RunNotFound)
-    assert [r.state for i, r in enumerate(results) if i != 4] == [RunState.SUCCEEDED] * 9
-    assert "no-such-run" in emu.batches[0]  # asked in the batch, missing from its answer...
-    assert sent.singles() == ["/api/v1/runs/no-such-run"]  # ...then checked alone, once
+    ids = runs(emu, 9 if unknown else 10, running=0.3)
+    if failures:
+        emu.inject(Fault("status", status=500, path=BATCH_PATH, times=failures))
+    asked = [*ids[:4], "no-such-run", *ids[4:]] if unknown else ids
+    results = await wait_all(client, asked)
+    others = [r for i, r in zip(asked, results, strict=True) if i != "no-such-run"]
+    assert [r.state for r in others] == [RunState.SUCCEEDED] * len(ids)
+    assert len(emu.injected) == failures
+    if alone == "none":
+        assert sent.singles() == []  # the second try of the batch answered
+    elif alone == "each":
+        first_singles = sent.singles()[: len(ids)]
+        assert sorted(p.rsplit("/", 1)[1] for p in first_singles) == sorted(ids)
+        assert client.hub().singles.get("fallback", 0) >= len(ids)
+    else:
+        assert isinstance(results[4], RunNotFound)
+        assert "no-such-run" in emu.batches[0]  # asked in the batch, missing from its answer...
+        assert sent.singles() == ["/api/v1/runs/no-such-run"]  # ...then checked alone, once
+        assert client.hub().singles == {"missing": 1}
 
 
 async def test_a_batch_larger_than_the_api_allows_falls_back_and_every_wait_ends(
