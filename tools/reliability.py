@@ -378,7 +378,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown column folder(s) {unknown}; known: {', '.join(FOLDERS)}")
     data_path: Path = args.data or args.out.with_suffix(".json")
-    data = {"runs": {}, "cells": {}} if args.fresh else load_data(data_path)
+
+    def kept() -> dict[str, Any]:  # read when needed: another run may have merged meanwhile
+        return {"runs": {}, "cells": {}} if args.fresh else load_data(data_path)
+
+    data = kept()
 
     failed_here = 0
     runs: list[dict[str, Any]] = []
@@ -417,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "folders": runs,
         }
         failed_here = sum(c.get("outcome") == "fail" for c in matrix.summary(cells).values())
-        data = merge(data, cells, run)
+        data = merge(kept(), cells, run)
         save_data(data_path, data)
         print(f"reliability: {len(cells)} cell(s) recorded in {cells_path}; kept in {data_path}")
     text, failed = render(data)
