@@ -188,9 +188,10 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
         self._url_pushed = False
         self._killed: str | None = None
         """Why the task was killed (on_kill), once it was."""
-        self._inbox = Inbox(max_pending=16)
+        # made per try (_open): a lock cannot be deep-copied, and Airflow deep-copies operators
+        self._inbox: Inbox | None = None
         """Wakes this try's wait in the worker when on_kill has cancelled its run."""
-        self._save_lock = threading.Lock()
+        self._save_lock: threading.Lock | None = None
 
     @cached_property
     def hook(self) -> RunbridgeHook:
@@ -206,6 +207,7 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
         with self._comms():
             self._config = self.hook.client_config()
         try:
+            self._inbox = Inbox(max_pending=16)
             with self._config.client(inbox=self._inbox) as client:
                 started = client.start(
                     self.run_params,
@@ -376,7 +378,7 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
     def _cancel(self, why: str, wake: bool = False) -> None:
         """Cancel this try's run (if it has one yet) and record it; ``wake``: from on_kill's
         thread, wake the wait in the worker so it reads the cancelled run now."""
-        with self._save_lock:  # on_kill's thread and the try may both get here
+        with self._lock():  # on_kill's thread and the try may both get here
             ref = self._ref
             go = ref is not None and not self._cancel_sent and self.cancel_on_kill
             if go:
@@ -397,13 +399,14 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
             return
         self.log.info("Cancelled %s: %s", ref, why)
         self._record_cancelled(ref, in_thread=wake)
-        if after is not None:
+        if after is not None and self._inbox is not None:
             self._inbox.deliver(after)  # a hint: the wait checks the run itself
 
     # -- the record store (task_state_store) ---------------------------------------------------
     def _open(self, context: Context) -> list[Execution]:
         """Read this task's records; return its history for the planner, newest execution
         (this generation) first, earlier generations after it and not reusable."""
+        self._lock()
         self._store = context.get("task_state_store")
         ti = context["ti"]
         self._max_tries = int(ti.max_tries or 0)
@@ -464,7 +467,7 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
         """Append one record (core's ``save``). Raises when the store cannot be written: the
         launch then does not happen (its run would be an orphan on retry). Serialized: on_kill's
         thread may save while the try saves."""
-        with self._save_lock:
+        with self._lock():
             self._records.append(Saved(self._generation, self._max_tries, record))
             if record.ref is not None and record.action != CANCELLED:
                 self._ref = record.ref  # (a superseded run's cancel is not this try's run)
@@ -472,6 +475,13 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
                 value = [_stored(s) for s in self._records]
                 with self._comms():
                     self._store.set(STATE_KEY, value)
+
+    def _lock(self) -> threading.Lock:
+        """The try's lock around its records and its cancel (made in ``_open``, before any
+        on_kill can come)."""
+        if self._save_lock is None:
+            self._save_lock = threading.Lock()
+        return self._save_lock
 
     def _record_cancelled(self, ref: RunRef, in_thread: bool = False) -> None:
         """Record that runbridge cancelled ``ref``, so the next try launches a new run. In the

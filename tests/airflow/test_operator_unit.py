@@ -445,3 +445,12 @@ def test_wait_timeout_counts_from_the_waits_start_in_a_human_duration(rest: Emul
 )
 def test_human_duration(seconds: float, text: str) -> None:
     assert human_duration(seconds) == text
+
+
+def test_the_operator_deep_copies() -> None:
+    """Airflow deep-copies operators (a DAG's partial subset, a mapped task): nothing made in
+    ``__init__`` may refuse it (on_kill's lock and inbox are made per try)."""
+    import copy
+
+    op = operator()
+    assert copy.deepcopy(op).run_params == op.run_params
