@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -10,7 +11,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -375,15 +378,12 @@ time.sleep(600)
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
-def test_an_emulator_dies_with_its_sigkilled_session(tmp_path: Path) -> None:
-    """A pytest-like parent starts an emulator (from a short-lived thread) and is SIGKILLed:
-    no teardown runs, and the emulator is gone all the same."""
-    import psutil
-
+@contextlib.contextmanager
+def _session_like(code: str, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A pytest-like parent process running ``code``, and the first line it prints."""
     root = Path(__file__).resolve().parents[2]
     parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, str(tmp_path)],
+        [sys.executable, "-c", code, *args],
         cwd=root,
         env={**os.environ, "PYTHONPATH": str(root)},
         stdout=subprocess.PIPE,
@@ -391,18 +391,34 @@ def test_an_emulator_dies_with_its_sigkilled_session(tmp_path: Path) -> None:
     )
     try:
         assert parent.stdout is not None
-        emulator = psutil.Process(int(parent.stdout.readline()))
-        time.sleep(1.0)  # the thread that started it has ended: the emulator lives on
-        assert emulator.is_running() and emulator.status() != psutil.STATUS_ZOMBIE
-        assert "emulate" in " ".join(emulator.cmdline())
-        parent.send_signal(signal.SIGKILL)
-        parent.wait(10)
-        gone, alive = psutil.wait_procs([emulator], timeout=10)
-        assert gone and not alive, f"the emulator outlived its parent: {alive}"
+        yield parent, parent.stdout.readline().strip()
     finally:
         if parent.poll() is None:
             parent.kill()
             parent.wait(10)
+
+
+def _sigkill_outlived_by_none(parent: subprocess.Popen[str], child: Any, timeout: float) -> None:
+    import psutil
+
+    parent.send_signal(signal.SIGKILL)  # no teardown runs
+    parent.wait(10)
+    gone, alive = psutil.wait_procs([child], timeout=timeout)
+    assert gone and not alive, f"{child} outlived its SIGKILLed parent"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
+def test_an_emulator_dies_with_its_sigkilled_session(tmp_path: Path) -> None:
+    """A pytest-like parent starts an emulator (from a short-lived thread) and is SIGKILLed:
+    no teardown runs, and the emulator is gone all the same."""
+    import psutil
+
+    with _session_like(PARENT, str(tmp_path)) as (parent, line):
+        emulator = psutil.Process(int(line))
+        time.sleep(1.0)  # the thread that started it has ended: the emulator lives on
+        assert emulator.is_running() and emulator.status() != psutil.STATUS_ZOMBIE
+        assert "emulate" in " ".join(emulator.cmdline())
+        _sigkill_outlived_by_none(parent, emulator, timeout=10)
 
 
 PG_PARENT = """
@@ -426,28 +442,11 @@ def test_postgres_stops_with_its_sigkilled_session() -> None:
 
     if postgres.find_bin() is None:
         pytest.skip("PostgreSQL is not installed (see tests/deploy/postgres.py)")
-    root = Path(__file__).resolve().parents[2]
-    parent = subprocess.Popen(
-        [sys.executable, "-c", PG_PARENT],
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert parent.stdout is not None
-        directory = Path(parent.stdout.readline().strip())
+    with _session_like(PG_PARENT) as (parent, line):
+        directory = Path(line)
         pid = int((directory / "data" / "postmaster.pid").read_text().split()[0])
-        server = psutil.Process(pid)
-        parent.send_signal(signal.SIGKILL)
-        parent.wait(10)
-        gone, alive = psutil.wait_procs([server], timeout=30)
-        assert gone and not alive, f"postgres outlived its session: {alive}"
+        _sigkill_outlived_by_none(parent, psutil.Process(pid), timeout=30)
         assert directory in postgres.sweep(directory.parent) and not directory.exists()
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait(10)
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------
