@@ -194,8 +194,8 @@ class CellRunner:
         server = self.pool.take(cell.platform)
         try:
             run_cell(self.deployment, server, cell, result)
-        except Exception:
-            result.crashed = traceback.format_exc()[-3000:]
+        except Exception as exc:
+            result.crashed = crash_text(exc)
         finally:
             result.seconds = time.monotonic() - began
             if result.crashed is None and not result.problems:
@@ -208,6 +208,15 @@ class CellRunner:
                         "the emulator could not be replaced: " + traceback.format_exc()[-500:]
                     )
         return result
+
+
+def crash_text(exc: BaseException) -> str:
+    """Why a cell could not run: the exception, where in the cell's code it came from (the
+    frames under tests/deploy: which call to the deployment or the emulator), then the end
+    of the traceback. The end alone named only httpx's frames of a reset connection."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/tests/deploy/" in f.filename]
+    where = " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames[::-1][:5])
+    return f"{type(exc).__name__}: {exc} (at {where or '?'})\n" + traceback.format_exc()[-2500:]
 
 
 # -- one cell -----------------------------------------------------------------------------------
