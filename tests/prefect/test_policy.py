@@ -207,7 +207,9 @@ def test_without_a_cancelled_record_a_retry_reattaches_to_a_run_that_was_not_can
 
     @flow
     def nightly():
-        timed = launch_and_wait.with_options(timeout_seconds=1, retries=2, retry_delay_seconds=0)
+        # attempts of 1 s until the 2.5 s run ends: on a loaded machine each attempt's start
+        # eats into its second, so there are retries to spare (the run's end stops them)
+        timed = launch_and_wait.with_options(timeout_seconds=1, retries=6, retry_delay_seconds=0)
         return timed(conn, {"job": "nightly"}, poll=0.05, cancel_on_kill=False)
 
     state = nightly(return_state=True)
