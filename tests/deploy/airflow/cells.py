@@ -84,6 +84,12 @@ CELL_TIMEOUT = 240.0
 """Longest a cell may take from its DAG run's trigger to the task's end."""
 SETTLE = 2.0
 """Seconds to watch the emulator after the task ended, for late requests."""
+CANCEL_WAIT = 60.0
+"""Longest to wait, once the task ended, for the cancels a row expects. A deferred task's
+cancel comes from ``RunTrigger.on_kill``, which first asks the triggerer's supervisor for the
+task's state: on PostgreSQL that supervisor stalled ~17 s during a mark (its log: "Heartbeat
+recovered after 16.84 seconds"; the cancel came 16.7 s after on_kill began) and longer under
+the full matrix's load, past the 20 s this used to allow."""
 KILL_SETTLE = 10.0
 """After a user stop with no cancel expected: long enough for the worker's next heartbeat
 (5 s) to be refused and ``on_kill`` to run, so a wrong cancel would be seen."""
@@ -614,7 +620,7 @@ class _CellRun:
         if want:
             try:
                 copies = 3 if self._several() else 1
-                self.control.wait_for_cancels(want * copies, timeout=20)
+                self.control.wait_for_cancels(want * copies, timeout=CANCEL_WAIT)
             except TimeoutError:
                 return  # check() reports the missing cancel
         time.sleep(SETTLE)
