@@ -34,10 +34,16 @@ def rest_emu(relay):
     return swap_emulator(relay, "rest", script=SLOW)
 
 
+OUTLASTS_THE_WAIT = Script([("queued", 0.05), ("running", 1.0)], final="succeeded")
+"""A run that outlasts the first attempt's 0.3 s wait (the default ~0.3 s run raced it: on a
+loaded machine the wait saw the run end) and ends before the retry, 2 s later, starts."""
+
+
 def test_a_flow_run_retry_reattaches_to_the_runs_of_its_first_attempt(rest_emu, rest_credentials):
     """The first attempt gives up waiting (wait_timeout) with three mapped runs going; Prefect
     retries the flow run (new task runs, new task run ids); every task re-attaches."""
     topics = ["a", "b", "c"]
+    rest_emu.script(*[OUTLASTS_THE_WAIT] * len(topics))
 
     @flow(retries=1, retry_delay_seconds=2)  # the retry starts after the run ended
     def nightly():
@@ -62,6 +68,7 @@ def test_a_flow_run_retry_reattaches_to_the_runs_of_its_first_attempt(rest_emu, 
 
 def test_a_flow_run_retry_reattaches_in_the_flows_own_code(rest_emu, rest_credentials):
     """The job block triggered in the flow's body (no task): the key comes from the flow run."""
+    rest_emu.script(OUTLASTS_THE_WAIT)
 
     @flow(retries=1, retry_delay_seconds=2)  # the retry starts after the run ended
     def nightly():
