@@ -317,16 +317,22 @@ class CellRunner:
                 record = control.wait_for_launches(1, CELL_TIMEOUT)
                 time.sleep(1.0)  # the wait has begun
                 control.cancel_run(record["runs"][-1]["id"])
+                deadline = time.monotonic() + CELL_TIMEOUT  # its end counts from the action
             elif row.id in CANCEL_ROWS:
                 control.wait_for_launches(1, CELL_TIMEOUT)
                 time.sleep(1.0)  # the launch is recorded and the wait has begun
                 if self._cancel_barrier is not None:
                     self._cancel_barrier.wait(timeout=CELL_TIMEOUT)
                 client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
+                # its end counts from the cancel: the barrier may have held this cell for
+                # minutes (the other cancelling cells start later when the cells outnumber
+                # the concurrency), which used to eat the flow run's time to end
+                deadline = time.monotonic() + CELL_TIMEOUT
             elif row.id == "user_kill":
                 control.wait_for_launches(1, CELL_TIMEOUT)
                 time.sleep(1.0)
                 self._kill(flow_run.id, signal.SIGTERM)
+                deadline = time.monotonic() + CELL_TIMEOUT
             elif row.id in RESTART_ROWS:
                 control.wait_for_launches(1, CELL_TIMEOUT)
                 if row.id != "crash_before_record":
@@ -353,8 +359,6 @@ class CellRunner:
                         )
                 self._restart(client, flow_run.id, deadline)
                 deadline = time.monotonic() + CELL_TIMEOUT  # a second process to start
-            elif row.id in CANCEL_ROWS or row.id == "platform_cancel":
-                deadline = time.monotonic() + CELL_TIMEOUT
             final = self._wait_final(client, flow_run.id, deadline)
             time.sleep(KILL_SETTLE if row.expect_cancels == 0 and row.id in CANCEL_ROWS else SETTLE)
             result.prefect_state = final.name
@@ -408,13 +412,18 @@ class CellRunner:
 
     @staticmethod
     def _wait_final(client: Any, flow_run_id: Any, deadline: float) -> Any:
+        began = time.monotonic()
         while True:
             state = client.read_flow_run(flow_run_id).state
             if state is not None and state.is_final():
                 return state
             if time.monotonic() > deadline:
                 name = state.name if state is not None else None
-                raise TimeoutError(f"flow run {flow_run_id} still {name} after {CELL_TIMEOUT} s")
+                raise TimeoutError(
+                    f"flow run {flow_run_id} still {name} at its deadline (waited "
+                    f"{time.monotonic() - began:.0f} s for its end; the cell allows "
+                    f"{CELL_TIMEOUT:g} s after its action)"
+                )
             time.sleep(0.5)
 
     def _kill(self, flow_run_id: Any, sig: int) -> list[int]:
