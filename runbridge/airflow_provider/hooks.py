@@ -53,6 +53,8 @@ CLIENT_KEYS = (
     "error_window",
     "max_body",
     "max_rps",
+    "coalesce",
+    "max_long_polls",
 )
 """Extra keys that are :class:`ClientConfig` fields (platform, base URL and token have their own)."""
 EXTRA_KEYS = ("platform", *CLIENT_KEYS, "scheme")

@@ -339,3 +339,22 @@ def test_max_rps_is_a_connection_setting(monkeypatch: pytest.MonkeyPatch) -> Non
     )
     with pytest.raises(ConfigError, match=r"rb_rps_bad.*max_rps"):
         settings("rb_rps_bad")
+
+
+def test_the_hubs_other_settings_are_connection_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """coalesce and max_long_polls, as text in a URI, reach the client config; bad ones are
+    refused by name."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RB_HUB",
+        "runbridge://:tok@api.example.com/?platform=rest&coalesce=0.25&max_long_polls=7&options="
+        + quote(json.dumps(REST_CONFIG)),
+    )
+    config = settings("rb_hub")
+    assert (config.coalesce, config.max_long_polls) == (0.25, 7)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_RB_HUB_BAD",
+        "runbridge://:tok@api.example.com/?platform=rest&max_long_polls=-3&options="
+        + quote(json.dumps(REST_CONFIG)),
+    )
+    with pytest.raises(ConfigError, match=r"rb_hub_bad.*max_long_polls"):
+        settings("rb_hub_bad")
