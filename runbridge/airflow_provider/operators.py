@@ -297,6 +297,7 @@ class LaunchRunOperator(RunOutcome, BaseOperator):
                 cancel_on_kill=self.cancel_on_kill,
                 error_window=self.error_window,
                 wait_timeout=self.wait_timeout,
+                deferred_at=now,
             ),
             method_name="execute_complete",
             # the resumed task is a new object: tell it whether the run's page is in XCom

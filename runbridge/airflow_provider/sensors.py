@@ -117,6 +117,7 @@ class RunSensor(RunOutcome, BaseSensorOperator):
             poll=poll_fields(PollSchedule.fixed(max(float(self.poke_interval), 0.1))),
             wait_deadline=time.time() + float(self.timeout),
             cancel_on_kill=False,
+            deferred_at=time.time(),
         )
 
     def on_kill(self) -> None:

@@ -72,6 +72,13 @@ KILL_BUDGET = 25.0
 """Seconds ``on_kill`` holds on to see its work through, below Airflow's ``[triggerer]
 on_kill_timeout`` (30 by default); past it the work goes on without it."""
 
+SETTLE_AFTER_DEFERRAL = 5.0
+"""Seconds after the deferral before the trigger hands its event back. Airflow 3.3's scheduler
+fails a deferred task when the trigger fires before it has processed the executor's report of
+the deferring worker's exit ("state mismatch": apache/airflow#67287, #72716, #71580; see
+docs/airflow.md): a run that ends within a second or two of the deferral met it in 4 of 10 runs
+of the real deployment under load. Holding the event costs only runs that end that soon, and
+those at most this long."""
 T = TypeVar("T")
 
 
@@ -266,6 +273,8 @@ class RunTrigger(BaseTrigger):
         connection's when None).
     :param wait_timeout: the operator's ``wait_timeout`` in seconds, for the message when
         ``wait_deadline`` passes (the wait began before the deferral).
+    :param deferred_at: epoch seconds of the deferral: the event is held until
+        :data:`SETTLE_AFTER_DEFERRAL` seconds after it (None: not held).
     """
 
     def __init__(
@@ -279,6 +288,7 @@ class RunTrigger(BaseTrigger):
         cancel_on_kill: bool = False,
         error_window: float | None = None,
         wait_timeout: float | None = None,
+        deferred_at: float | None = None,
     ) -> None:
         super().__init__()
         self.runbridge_conn_id = runbridge_conn_id
@@ -290,6 +300,7 @@ class RunTrigger(BaseTrigger):
         self.cancel_on_kill = cancel_on_kill
         self.error_window = error_window
         self.wait_timeout = wait_timeout
+        self.deferred_at = deferred_at
         self._ended = False
 
     def __repr__(self) -> str:
@@ -308,8 +319,16 @@ class RunTrigger(BaseTrigger):
                 "cancel_on_kill": self.cancel_on_kill,
                 "error_window": self.error_window,
                 "wait_timeout": self.wait_timeout,
+                "deferred_at": self.deferred_at,
             },
         )
+
+    async def _settle(self) -> None:
+        """Hold the event until :data:`SETTLE_AFTER_DEFERRAL` seconds after the deferral."""
+        if self.deferred_at is not None:
+            hold = self.deferred_at + SETTLE_AFTER_DEFERRAL - time.time()
+            if hold > 0:
+                await asyncio.sleep(min(hold, SETTLE_AFTER_DEFERRAL))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         deadlines = [d for d in (self.wait_deadline, self.task_deadline) if d is not None]
@@ -347,14 +366,17 @@ class RunTrigger(BaseTrigger):
             else:
                 kind = "wait_timeout"
                 message = wait_timeout_message(self.ref, exc.last_status, self.wait_timeout)
+            await self._settle()
             yield TriggerEvent({"kind": kind, "ref": ref, "status": last, "message": message})
             return
         except RunbridgeError as exc:
+            await self._settle()
             yield TriggerEvent(
                 {"kind": "error", "ref": ref, "error": type(exc).__name__, "message": str(exc)}
             )
             return
         self._ended = True
+        await self._settle()
         yield TriggerEvent(
             {
                 "kind": "done",

@@ -50,7 +50,13 @@ FAST = {"first": 0.05, "factor": 1.0, "cap": 0.05, "jitter": 0.0}
 
 def test_serialize_round_trips_plain_json_without_the_token(rest: Emulator) -> None:
     trigger = RunTrigger(
-        "rb_rest", "rest:abc", poll=FAST, wait_deadline=1.0e10, run_timeout=5.0, cancel_on_kill=True
+        "rb_rest",
+        "rest:abc",
+        poll=FAST,
+        wait_deadline=1.0e10,
+        run_timeout=5.0,
+        cancel_on_kill=True,
+        deferred_at=1.0e9,
     )
     classpath, kwargs = trigger.serialize()
     text = json.dumps(kwargs)
@@ -88,6 +94,29 @@ def test_run_timeout_cancels_and_says_so(rest: Emulator) -> None:
     assert event["status"]["state"] == "TIMED_OUT"
     assert event["status"]["cancelled_by_runbridge"] is True
     assert rest.cancels == [ref.id]
+
+
+@pytest.mark.parametrize("script", ["ended", "not_found"])
+def test_the_event_is_held_until_the_deferral_has_settled(
+    rest: Emulator, monkeypatch: pytest.MonkeyPatch, script: str
+) -> None:
+    """Airflow 3.3's "state mismatch" (docs/airflow.md): a run already ended at the deferral is
+    handed back SETTLE_AFTER_DEFERRAL seconds after it, not at once; a trigger made before that
+    (deferred_at in the past) or without deferred_at is not held."""
+    monkeypatch.setattr(triggers_module, "SETTLE_AFTER_DEFERRAL", 2.0)
+    ref = (
+        launch(rest, Script([], final="succeeded")).to_dict()
+        if script == "ended"
+        else "rest:no-such-run"
+    )
+    kind = "done" if script == "ended" else "error"
+    for deferred_ago, held in [(0.0, True), (5.0, False), (None, False)]:
+        deferred_at = None if deferred_ago is None else time.time() - deferred_ago
+        started = time.monotonic()
+        event = first_event(RunTrigger("rb_rest", ref, poll=FAST, deferred_at=deferred_at))
+        took = time.monotonic() - started
+        assert event["kind"] == kind
+        assert (took >= 1.9) is held, (deferred_ago, took)
 
 
 def test_an_error_keeps_its_class(rest: Emulator) -> None:
