@@ -59,7 +59,9 @@ PREFECT_STARTUP_TIMEOUT = 240
 USES_PREFECT = re.compile(r"^\s*prefect\s|examples/prefect/", re.M)
 # A shell sample that runs runbridge's own suites (the deployments take minutes, the reliability
 # matrix hours): its Markdown must mark it no-test, not leave it to this module to run.
-RUNS_SUITES = re.compile(r"dev\.py\b|tools/(?:reliability|matrix)\.py|-m pytest\b|\bpytest\s")
+RUNS_SUITES = re.compile(
+    r"dev\.py\b|tools/(?:reliability|matrix)\.py|-m pytest\b|\bpytest\s|\bbench/\w+\.py"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,7 +402,7 @@ def test_sh_sample_runs(sample: Sample, tmp_path: Path, request: pytest.FixtureR
         named = {e.strip() for e in match["extras"].split(",")}
         assert named <= declared, f"{sample.id}: unknown extras {named - declared}"
     assert not RUNS_SUITES.search(sample.code), (
-        f"{sample.id} runs runbridge's own suites (minutes to hours): mark it "
+        f"{sample.id} runs runbridge's own suites or benchmarks (minutes to hours): mark it "
         "`<!-- no-test: the reason -->` in its Markdown"
     )
     env = _sandbox(tmp_path)
