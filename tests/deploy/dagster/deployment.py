@@ -269,9 +269,20 @@ class DagsterDeployment:
 
     # -- the GraphQL API ---------------------------------------------------------------------
     def graphql(self, query: str, variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        answer = self._http.post(
-            f"{self.web_url}/graphql", json={"query": query, "variables": dict(variables or {})}
-        )
+        """One GraphQL request. A read is sent again (up to twice) after a dropped connection:
+        the web server, busy, resets kept-alive connections (a cell crashed on it under load);
+        a mutation only when it never left (a connect error), so it is never made twice."""
+        read = not query.lstrip().startswith("mutation")
+        payload = {"query": query, "variables": dict(variables or {})}
+        for attempt in range(3):
+            try:
+                answer = self._http.post(f"{self.web_url}/graphql", json=payload)
+                break
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                safe = read or isinstance(exc, httpx.ConnectError)
+                if not safe or attempt == 2:
+                    raise
+                time.sleep(1.0)
         if answer.status_code >= 400:
             raise RuntimeError(
                 f"GraphQL answered {answer.status_code}: {answer.text[:1000]}\n"
