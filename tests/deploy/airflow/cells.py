@@ -55,7 +55,7 @@ from typing import Any
 
 from runbridge.core.client import RunClient
 from runbridge.testing.control import EmulatorControl
-from tests.deploy import matrix
+from tests.deploy import matrix, processes
 from tests.deploy.airflow.deployment import TERMINAL, AirflowDeployment, DeploymentError
 from tests.deploy.matrix import Cell
 
@@ -147,7 +147,8 @@ class EmulatorPool:
         starting = []
         for platform in platforms:
             for n in range(size):
-                process = subprocess.Popen(
+                # processes.popen: the emulator dies with this pytest (a parent-death signal)
+                process = processes.popen(
                     [
                         sys.executable,
                         "-m",
