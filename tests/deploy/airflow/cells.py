@@ -496,6 +496,15 @@ class _CellRun:
             time.sleep(1.0)  # a poke or two first
         else:
             self.control.wait_for_launches(1, timeout=CELL_TIMEOUT)
+            if self.row.id == "worker_sigkill":
+                # after the launch was recorded (the run_ref XCom comes after the record): a
+                # kill before it is the crash_before_record row, which a platform without a
+                # lookup by key (Lume) cannot re-attach from
+                deadline = time.monotonic() + CELL_TIMEOUT
+                while self.af.xcom(self.dag_id, runs[0], "run", "run_ref") is None:
+                    if time.monotonic() > deadline:
+                        raise DeploymentError(f"{self.cell.id}: no run_ref XCom after the launch")
+                    time.sleep(0.1)
             pid = self._task_pid(runs[0])
         os.kill(pid, signal.SIGKILL)
 
