@@ -12,6 +12,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -149,25 +150,40 @@ def test_a_failed_run_fails_for_good_unless_relaunch(rest: Emulator) -> None:
     assert len(rest.launches) == 2
 
 
+class ExecutingTry:
+    """``op.execute`` of one try in a worker thread (on_kill comes from the test's thread, as
+    from Airflow's signal handler): what it raised and when it ended."""
+
+    def __init__(self, op: LaunchRunOperator, store: Store) -> None:
+        self.errors: list[BaseException] = []
+        self.ended: list[float] = []
+
+        def run() -> None:
+            try:
+                op.execute(context(store, 1, 1))
+            except BaseException as exc:
+                self.errors.append(exc)
+            self.ended.append(time.monotonic())
+
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+
+    @staticmethod
+    def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
 def test_on_kill_cancels_and_the_next_try_launches_anew(rest: Emulator) -> None:
     rest.script(Script([("running", 30.0)], final="succeeded"), Script([], final="succeeded"))
     store = Store()
     op = operator()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            op.execute(context(store, 1, 1))
-        except BaseException as exc:
-            errors.append(exc)
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    deadline = time.monotonic() + 10
-    while len(store.get(STATE_KEY, [])) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    attempt = ExecutingTry(op, store)
+    attempt.until(lambda: len(store.get(STATE_KEY, [])) >= 2)
     op.on_kill()
-    worker.join(10)
+    attempt.thread.join(10)
+    errors = attempt.errors
     (run_id,) = rest.runs
     assert rest.cancels == [run_id]
     assert store[STATE_KEY][-1] == {
@@ -232,29 +248,17 @@ def test_on_kill_in_the_sigterm_handler_takes_no_lock_and_ends_the_wait_at_once(
     loggers = [logging.getLogger("runbridge")]
     for logger in loggers:
         logger.addHandler(handler)
-    errors: list[BaseException] = []
-    ended: list[float] = []
-
-    def run() -> None:
-        try:
-            op.execute(context(store, 1, 1))
-        except BaseException as exc:
-            errors.append(exc)
-        ended.append(time.monotonic())
-
-    worker = threading.Thread(target=run)
-    worker.start()
+    attempt = ExecutingTry(op, store)
+    errors, ended = attempt.errors, attempt.ended
     try:
-        deadline = time.monotonic() + 10
-        while len(store.get(STATE_KEY, [])) < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        attempt.until(lambda: len(store.get(STATE_KEY, [])) >= 1)
         time.sleep(0.3)  # the wait is asleep in its 30 s poll
         handler.held_by = threading.get_ident()
         began = time.monotonic()
         op.on_kill()
         returned = time.monotonic() - began
         handler.held_by = None
-        worker.join(10)
+        attempt.thread.join(10)
     finally:
         for logger in loggers:
             logger.removeHandler(handler)
@@ -275,21 +279,11 @@ def test_a_kill_during_the_launch_cancels_the_run_once_it_is_known(rest: Emulato
     rest.inject(kind="delay", seconds=1.5, when="after", method="POST")
     store = Store()
     op = operator(deferrable=True)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            op.execute(context(store, 1, 1))
-        except BaseException as exc:
-            errors.append(exc)
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    deadline = time.monotonic() + 10
-    while not rest.runs and time.monotonic() < deadline:
-        time.sleep(0.02)
+    attempt = ExecutingTry(op, store)
+    attempt.until(lambda: bool(rest.runs))
     op.on_kill()  # the launch's answer is still delayed
-    worker.join(15)
+    attempt.thread.join(15)
+    errors = attempt.errors
     (run_id,) = rest.runs
     assert rest.cancels == [run_id]
     assert errors and "CANCELLED" in str(errors[0]), errors
